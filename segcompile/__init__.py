@@ -1,0 +1,3 @@
+"""segcompile: compile and quantize semantic segmentation networks for embedded boards."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,54 @@
+"""The ``segcompile`` command line.
+
+Each pipeline stage owns its click command in ``segcompile/<stage>/command.py``;
+this module only assembles them and turns :class:`SegcompileError` into one clean line.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from segcompile import __version__
+from segcompile.errors import SegcompileError
+
+
+class SegcompileGroup(click.Group):
+    """A click group that prints user errors as one line unless ``--debug`` is given."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except SegcompileError as exc:
+            if ctx.obj and ctx.obj.get("debug"):
+                raise
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(exc.exit_code)
+
+
+@click.group(cls=SegcompileGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="segcompile")
+@click.option("--debug", is_flag=True, help="Show full tracebacks instead of one-line errors.")
+@click.pass_context
+def main(ctx: click.Context, debug: bool) -> None:
+    """Compile and quantize semantic segmentation networks for embedded boards.
+
+    \b
+    segcompile build --model NAME|ckpt.pt|model.onnx --target tda4vm --calib DATA
+    """
+    ctx.ensure_object(dict)
+    ctx.obj["debug"] = debug
+
+
+def _register_commands() -> None:
+    # Imported here so that `segcompile --help` stays importable even while a stage is being built.
+    from segcompile.zoo.command import models
+
+    main.add_command(models)
+
+
+_register_commands()
+
+if __name__ == "__main__":
+    main()

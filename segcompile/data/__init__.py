@@ -1,0 +1,1 @@
+"""Datasets, subsets and the preprocessing that turns frames into model inputs."""
