@@ -42,10 +42,19 @@ def main(ctx: click.Context, debug: bool) -> None:
 
 
 def _register_commands() -> None:
-    # Imported here so that `segcompile --help` stays importable even while a stage is being built.
+    # Stage commands live with their stage; importing them here keeps this module the one place
+    # that shows the whole command surface.
+    from segcompile.compile.command import compile_command, targets
+    from segcompile.export.command import export
+    from segcompile.pipeline_command import build
+    from segcompile.quantize.command import quantize
+    from segcompile.report.command import report
+    from segcompile.train.command import train
+    from segcompile.verify.command import verify
     from segcompile.zoo.command import models
 
-    main.add_command(models)
+    for command in (models, build, export, train, quantize, compile_command, targets, verify, report):
+        main.add_command(command)
 
 
 _register_commands()

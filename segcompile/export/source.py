@@ -204,9 +204,11 @@ def apply_checkpoint(module: nn.Module, checkpoint: Checkpoint, model_name: str)
 
 
 def _zoo_source(config: ExportConfig, name: str, checkpoint: Checkpoint | None) -> TorchSource:
-    from segcompile.zoo.registry import build_model, get_entry
+    from segcompile.zoo.registry import build_model, bundled_weights, get_entry
 
     entry = get_entry(name)
+    if checkpoint is None and (shipped := bundled_weights(entry)) is not None:
+        checkpoint = load_checkpoint(shipped)
     num_classes = config.num_classes or (checkpoint.num_classes if checkpoint else None) or entry.num_classes
     torch.manual_seed(config.seed)
     module = build_model(entry, num_classes=num_classes, seed=config.seed)

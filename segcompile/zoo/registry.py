@@ -9,6 +9,7 @@ from __future__ import annotations
 import difflib
 from dataclasses import dataclass
 from functools import cache
+from pathlib import Path
 
 import torch
 
@@ -179,3 +180,16 @@ def entry_macs(entry_or_name: ZooEntry | str) -> int:
     with torch.device("meta"):
         model = build_model(entry)
     return count_macs(model, entry.input_shape)
+
+
+WEIGHTS_DIR = Path(__file__).parent / "weights"
+
+
+def bundled_weights(entry_or_name: ZooEntry | str) -> Path | None:
+    """The checkpoint segcompile ships for this entry (``zoo/weights/<name>.pt``), if any.
+
+    Only the demo model ships weights: the seed's networks are defined here but their trained
+    weights are not redistributable and nothing may be downloaded at run time.
+    """
+    path = WEIGHTS_DIR / f"{_resolve(entry_or_name).name}.pt"
+    return path if path.is_file() else None

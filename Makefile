@@ -1,0 +1,53 @@
+# segcompile: `make demo` and `make test` set everything up on a fresh machine.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+SYSROOT_STAMP := .cache/aarch64/.ready
+DEMO_MODEL := demo_mobilenetv2s16_deeplabv3lite_160x128
+DEMO_OUT   := build/demo
+PYTEST_ARGS ?=
+
+.PHONY: setup demo test test-quick lint train-demo demo-data bench clean
+
+setup: $(STAMP) $(SYSROOT_STAMP)
+
+# torch is installed first and pinned: an unpinned torch resolves to a multi-GB CUDA build.
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet torch==2.13.0
+	$(BIN)/pip install --quiet -e '.[dev,render]'
+	touch $(STAMP)
+
+# Cross compilers and an aarch64 Python under qemu-user, to build for and run on the boards' ARM cores.
+$(SYSROOT_STAMP): scripts/setup-aarch64-sysroot.sh
+	bash scripts/setup-aarch64-sysroot.sh
+
+demo: setup
+	$(BIN)/segcompile build --model $(DEMO_MODEL) --target tda4vm \
+		--calib demo:calib --eval demo:eval --out $(DEMO_OUT)
+
+test: setup
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+test-quick: setup
+	$(BIN)/pytest -m "not slow" $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(BIN)/ruff check segcompile tests scripts bench
+
+# Re-render the bundled demo scenes (deterministic; needs the `render` extra, pybullet).
+demo-data: $(STAMP)
+	$(BIN)/python -m segcompile.data.demo_scenes --out calibration/demo --seed 0
+
+# Re-train the bundled demo checkpoint from scratch on the demo training frames.
+train-demo: $(STAMP)
+	$(BIN)/segcompile train --model $(DEMO_MODEL) --data demo:train --eval demo:eval \
+		--out segcompile/zoo/weights/$(DEMO_MODEL).pt
+
+bench: setup
+	$(BIN)/python bench/run.py
+
+clean:
+	rm -rf build .pytest_cache .ruff_cache

@@ -1,0 +1,1 @@
+"""Training segmentation networks on CPU: the demo model, fine-tuning and QAT."""

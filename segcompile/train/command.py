@@ -1,0 +1,72 @@
+"""`segcompile train`: train a zoo network on a dataset spec and save a checkpoint."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+import torch
+
+from segcompile.data.spec import open_dataset
+from segcompile.export.source import load_checkpoint
+from segcompile.train.checkpoint import save_checkpoint
+from segcompile.train.loop import TrainConfig, train_model
+from segcompile.zoo.registry import build_model, get_entry
+
+
+@click.command("train")
+@click.option("--model", "model_name", required=True, help="Zoo model name (see `segcompile models list`).")
+@click.option(
+    "--data", "data_spec", required=True, help="Training frames, e.g. demo:train or folder:IMG:MASKS."
+)
+@click.option("--eval", "eval_spec", default=None, help="Evaluation frames for mIoU during training.")
+@click.option(
+    "--out",
+    "out_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    required=True,
+    help="Checkpoint to write (.pt).",
+)
+@click.option("--epochs", default=TrainConfig.epochs, show_default=True, type=click.IntRange(1))
+@click.option("--batch-size", default=TrainConfig.batch_size, show_default=True, type=click.IntRange(1))
+@click.option("--lr", "learning_rate", default=TrainConfig.learning_rate, show_default=True, type=float)
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option(
+    "--init",
+    "init_path",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="Start from this checkpoint's weights (fine-tuning).",
+)
+@click.option("--threads", default=None, type=click.IntRange(1), help="torch threads (default: all cores).")
+def train(
+    model_name, data_spec, eval_spec, out_path, epochs, batch_size, learning_rate, seed, init_path, threads
+):
+    """Train a zoo network from scratch (or fine-tune it) on the CPU."""
+    if threads:
+        torch.set_num_threads(threads)
+    entry = get_entry(model_name)
+    train_set = open_dataset(data_spec)
+    eval_set = open_dataset(eval_spec) if eval_spec else None
+    model = build_model(entry, seed=seed)
+    if init_path is not None:
+        model.load_state_dict(load_checkpoint(init_path).state_dict)
+    info = entry.model_info()
+    config = TrainConfig(epochs=epochs, batch_size=batch_size, learning_rate=learning_rate, seed=seed)
+    result = train_model(model, train_set, info, config, eval_set)
+    metadata = {
+        "data": data_spec,
+        "eval": eval_spec,
+        "epochs": epochs,
+        "batch_size": batch_size,
+        "learning_rate": learning_rate,
+        "seed": seed,
+        "eval_miou": result.final_miou,
+        "seconds": round(result.seconds, 1),
+        "history": result.history,
+    }
+    save_checkpoint(out_path, model, entry.name, entry.num_classes, metadata)
+    summary = f"wrote {out_path} after {epochs} epochs in {result.seconds:.0f}s"
+    if result.final_miou is not None:
+        summary += f"; eval mIoU {100 * result.final_miou:.2f}%"
+    click.echo(summary)
