@@ -1,0 +1,636 @@
+"""The Relax pass that turns simulated quantization into integer arithmetic.
+
+After import, every quantized operator looks like ``quantize(f(dequantize(a), dequantize(W)...))``:
+float compute between a dequantize and a quantize. This pass rewrites each such ``quantize`` call
+(the root of the pattern) into the integer program a board runs: int8 x int8 -> int32
+convolution/matmul plus fixed-point requantization, integer add/mul/concat/resize/pool, clip on
+int8, and layout operators applied directly to int8 tensors. It must run before FoldConstant,
+while int8 weights still sit in ``dequantize(const)`` and have not been folded into float.
+
+The rewritten ``quantize`` no longer needs the float ops above it; DeadCodeElimination removes
+them afterwards. A pattern that cannot be lowered keeps its float path (dequantize -> float op
+-> quantize) unchanged, and the reason is recorded for the lowering report.
+
+Patterns are matched by walking producer bindings (``var -> value``) rather than with
+``tvm.relax.dpl``: the importer lowers Clip to ``call_tir(maximum/minimum)`` and the rewrite must
+record which original bindings it consumed (to name ONNX nodes in the report), both awkward to
+express as a declarative pattern.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+
+import numpy as np
+import tvm
+from tvm import relax
+from tvm.relax.expr_functor import PyExprMutator, mutator
+
+from segcompile.compile.fixed_point import common_shift_multipliers
+from segcompile.compile.passes.integer_kernels import (
+    QRANGE,
+    RESIZE_MULTIPLIER_BITS,
+    RESIZE_WEIGHT_BITS,
+    activation_bounds,
+    centered,
+    const,
+    emit_clip_cast,
+    emit_linear_resize_axis,
+    emit_requantize,
+    emit_rounding_right_shift,
+    nearest_indices,
+    shape_of,
+)
+
+# Operators that only move or select int8 values; they run unchanged on the int8 tensor.
+LAYOUT_OPS = (
+    "relax.reshape",
+    "relax.permute_dims",
+    "relax.expand_dims",
+    "relax.squeeze",
+    "relax.flatten",
+    "relax.nn.max_pool2d",
+    "relax.strided_slice",
+)
+# The importer emits Clip bounds as call_tir of TOPI maximum/minimum kernels, numbered per shape.
+_CLIP_KERNEL = re.compile(r"^(maximum|minimum)\d*$")
+# Relative tolerance for "these two float32 scales are the same scale".
+SCALE_RTOL = 1e-6
+
+
+class Unlowerable(Exception):
+    """This pattern stays float; the message says why (it goes into the lowering report)."""
+
+
+@dataclass(frozen=True)
+class TensorQuant:
+    """Per-tensor quantization of an activation."""
+
+    scale: float
+    zero_point: int
+    dtype: str
+
+    @property
+    def qmin(self) -> int:
+        return QRANGE[self.dtype][0]
+
+    @property
+    def qmax(self) -> int:
+        return QRANGE[self.dtype][1]
+
+    def same_as(self, other: TensorQuant) -> bool:
+        return self.zero_point == other.zero_point and math.isclose(
+            self.scale, other.scale, rel_tol=SCALE_RTOL
+        )
+
+
+@dataclass
+class LoweringLog:
+    """What the pass did: original vars it replaced by integer code, and why others stayed float."""
+
+    lowered: set = field(default_factory=set)  # original float vars absorbed into integer code
+    failures: dict = field(default_factory=dict)  # original var producing a kept-float value -> reason
+
+
+def _is_call(expr, name: str) -> bool:
+    return isinstance(expr, relax.Call) and isinstance(expr.op, tvm.ir.Op) and expr.op.name == name
+
+
+def _op_name(expr) -> str:
+    if isinstance(expr, relax.Call):
+        if isinstance(expr.op, tvm.ir.Op):
+            if expr.op.name == "relax.call_tir":
+                return f"call_tir({expr.args[0].name_hint})"
+            return expr.op.name
+        return str(expr.op)
+    return type(expr).__name__
+
+
+def _const_array(expr) -> np.ndarray | None:
+    if isinstance(expr, tvm.ir.GenericConst):
+        return expr.value.numpy()
+    return None
+
+
+@mutator
+class QdqToIntegerMutator(PyExprMutator):
+    """Rewrites every lowerable ``quantize`` root into integer Relax code (see module docstring)."""
+
+    def __init__(self, mod: tvm.IRModule, var2val: dict, log: LoweringLog):
+        super().__init__(mod)
+        self.var2val = var2val
+        self.log = log
+
+    # ---- graph queries on the original (imported) function -------------------------------
+    def value(self, expr):
+        """The value bound to ``expr`` if it is a var of the original function."""
+        while isinstance(expr, relax.Var) and expr in self.var2val:
+            bound = self.var2val[expr]
+            if not isinstance(bound, relax.Var):
+                return bound
+            expr = bound
+        return expr
+
+    def constant(self, expr) -> np.ndarray | None:
+        return _const_array(self.value(expr))
+
+    def activation(self, expr) -> tuple[relax.Expr, TensorQuant]:
+        """``expr`` must be ``dequantize(int8 activation, scalar scale, scalar zero point)``."""
+        dq = self.value(expr)
+        if not _is_call(dq, "relax.dequantize"):
+            raise Unlowerable(f"input is {_op_name(dq)}, not a dequantized int8 tensor")
+        data, scale, zero = dq.args
+        if self.constant(data) is not None:
+            raise Unlowerable("input is a constant, not an activation")
+        scale_v, zero_v = self.constant(scale), self.constant(zero)
+        if scale_v is None or zero_v is None or scale_v.size != 1 or zero_v.size != 1:
+            raise Unlowerable("activation is not quantized per tensor with constant parameters")
+        dtype = str(data.ty.dtype)
+        if dtype not in QRANGE:
+            raise Unlowerable(f"activation dtype {dtype} is not int8/uint8")
+        return data, TensorQuant(float(scale_v.reshape(())), int(zero_v.reshape(())), dtype)
+
+    def operand(self, expr) -> tuple[relax.Expr, TensorQuant]:
+        """An int8 operand of an elementwise op: a rewritten activation or a quantized constant."""
+        dq = self.value(expr)
+        if _is_call(dq, "relax.dequantize") and self.constant(dq.args[0]) is not None:
+            data, scale, zero = (self.constant(arg) for arg in dq.args)
+            if scale is None or zero is None or scale.size != 1 or zero.size != 1:
+                raise Unlowerable("constant operand is not quantized per tensor")
+            if str(data.dtype) not in QRANGE:
+                raise Unlowerable(f"constant operand dtype {data.dtype} is not int8/uint8")
+            qp = TensorQuant(float(scale.reshape(())), int(zero.reshape(())), str(data.dtype))
+            return const(data, str(data.dtype)), qp
+        data, qp = self.activation(expr)
+        return self.int_input(data), qp
+
+    def weight(self, expr) -> tuple[np.ndarray, np.ndarray, int]:
+        """``expr`` must be ``dequantize(int8 const, scale, zero point 0)``: (int8 W, scale, axis)."""
+        dq = self.value(expr)
+        if not _is_call(dq, "relax.dequantize"):
+            raise Unlowerable(f"weight is {_op_name(dq)}, not a dequantized int8 constant")
+        data, scale, zero = (self.constant(arg) for arg in dq.args)
+        if data is None:
+            data = self.quantized_constant(dq.args[0])
+        if data is None or scale is None or zero is None:
+            raise Unlowerable("weight or its quantization parameters are not constants")
+        if data.dtype != np.int8:
+            raise Unlowerable(f"weight dtype {data.dtype} is not int8")
+        if np.any(zero != 0):
+            raise Unlowerable("weight zero point is not 0 (asymmetric weights are not supported)")
+        return data, scale.astype(np.float64).reshape(-1), int(dq.attrs.axis)
+
+    def quantized_constant(self, expr) -> np.ndarray | None:
+        """Values of ``quantize(float const)`` computed now, as onnxruntime would at run time.
+
+        Fake-quantized exports (QAT) store float weights behind QuantizeLinear instead of int8
+        initializers; quantizing them here (ties to even, like QuantizeLinear) keeps them int8.
+        """
+        q = self.value(expr)
+        if not _is_call(q, "relax.quantize"):
+            return None
+        real, scale, zero = (self.constant(arg) for arg in q.args)
+        if real is None or scale is None or zero is None:
+            return None
+        dtype = str(q.attrs.out_dtype)
+        if dtype not in QRANGE:
+            return None
+        axis = int(q.attrs.axis) % real.ndim
+        shape = [1] * real.ndim
+        if scale.size > 1:
+            shape[axis] = scale.size
+        scale32 = scale.astype(np.float32).reshape(shape if scale.size > 1 else ())
+        zero_b = zero.astype(np.int64).reshape(shape if zero.size > 1 else ())
+        levels = np.round(real.astype(np.float32) / scale32).astype(np.int64) + zero_b
+        return np.clip(levels, *QRANGE[dtype]).astype(dtype)
+
+    def bias_in_accumulator(self, expr, acc_scale: np.ndarray, channels: int) -> np.ndarray:
+        """The bias as int32 at the accumulator scale ``s_in * s_w`` (per output channel)."""
+        dq = self.value(expr)
+        if _is_call(dq, "relax.reshape"):
+            dq = self.value(dq.args[0])
+        if _is_call(dq, "relax.dequantize"):
+            data, scale, zero = (self.constant(arg) for arg in dq.args)
+            if data is None or scale is None or zero is None:
+                raise Unlowerable("bias is not a constant")
+            real = (data.astype(np.float64) - zero.astype(np.float64)) * scale.astype(np.float64)
+            scale_matches = np.allclose(scale.astype(np.float64) * np.ones(channels), acc_scale, rtol=1e-5)
+            if data.dtype == np.int32 and np.all(zero == 0) and scale_matches:
+                return data.reshape(-1).astype(np.int32)  # the usual case: already at s_in * s_w
+        else:
+            real = self.constant(dq)
+            if real is None:
+                raise Unlowerable("bias is not a constant")
+        real = np.broadcast_to(real.astype(np.float64).reshape(-1), (channels,))
+        return np.round(real / acc_scale).astype(np.int64).clip(-(2**31), 2**31 - 1).astype(np.int32)
+
+    def activation_interval(self, expr) -> tuple[relax.Expr, tuple[float, float], list]:
+        """Peel ReLU / Clip (as imported) off ``expr``: (inner expr, float interval, peeled vars)."""
+        low, high = -math.inf, math.inf
+        peeled = []
+        while True:
+            value = self.value(expr)
+            if _is_call(value, "relax.nn.relu"):
+                low = max(low, 0.0)
+            elif _is_call(value, "relax.clip"):
+                low = max(low, float(value.args[1].value))
+                high = min(high, float(value.args[2].value))
+            elif _is_call(value, "relax.call_tir") and _CLIP_KERNEL.match(value.args[0].name_hint):
+                # The ONNX importer emits Clip(x, min, max) as call_tir(maximum/minimum, x, bound).
+                inner, bound = value.args[1].fields
+                bound_v = self.constant(self._through_where(bound))
+                if bound_v is None or bound_v.size != 1:
+                    break
+                if value.args[0].name_hint.startswith("maximum"):
+                    low = max(low, float(bound_v.reshape(())))
+                else:
+                    high = min(high, float(bound_v.reshape(())))
+                peeled.append(expr)
+                expr = inner
+                continue
+            else:
+                break
+            peeled.append(expr)
+            expr = value.args[0]
+        return expr, (low, high), peeled
+
+    def _through_where(self, expr):
+        """The importer guards clip bounds with where(isnan(b), inf, b); see through it."""
+        value = self.value(expr)
+        if _is_call(value, "relax.where"):
+            return value.args[2]
+        return expr
+
+    # ---- the rewrite ---------------------------------------------------------------------
+    def visit_call_(self, call: relax.Call) -> relax.Expr:
+        if _is_call(call, "relax.quantize"):
+            try:
+                return self.lower_quantize(call)
+            except Exception as why:  # noqa: BLE001 - any failure keeps this op float, never crashes
+                reason = str(why) if isinstance(why, Unlowerable) else f"lowering failed: {why}"
+                inner, _, peeled = self.activation_interval(call.args[0])
+                for var in [*peeled, inner]:
+                    if isinstance(var, relax.Var):
+                        self.log.failures.setdefault(var, reason.strip().splitlines()[0])
+        return super().visit_call_(call)
+
+    def lower_quantize(self, call: relax.Call) -> relax.Expr:
+        scale, zero = self.constant(call.args[1]), self.constant(call.args[2])
+        if scale is None or zero is None or scale.size != 1 or zero.size != 1:
+            raise Unlowerable("output is not quantized per tensor with constant parameters")
+        out = TensorQuant(float(scale.reshape(())), int(zero.reshape(())), str(call.attrs.out_dtype))
+        if out.dtype not in QRANGE:
+            raise Unlowerable(f"output dtype {out.dtype} is not int8/uint8")
+        inner, interval, peeled = self.activation_interval(call.args[0])
+        lo, hi = activation_bounds(interval, out.scale, out.zero_point, out.dtype)
+        value = self.value(inner)
+        if isinstance(value, relax.Var) and value not in self.var2val:
+            raise Unlowerable("input of the model: quantized at the entrance")
+        handlers = {
+            "relax.add": self.lower_add,
+            "relax.subtract": self.lower_add,
+            "relax.nn.conv2d": self.lower_conv,
+            "relax.matmul": self.lower_matmul,
+            "relax.multiply": self.lower_multiply,
+            "relax.concat": self.lower_concat,
+            "relax.image.resize2d": self.lower_resize,
+            "relax.nn.avg_pool2d": self.lower_avg_pool,
+            "relax.mean": self.lower_mean,
+            "relax.dequantize": self.lower_requantize,
+        }
+        name = _op_name(value)
+        if name in LAYOUT_OPS:
+            handler = self.lower_layout
+        elif name in handlers:
+            handler = handlers[name]
+        else:
+            raise Unlowerable(f"no integer kernel for {name}")
+        result, consumed = handler(value, out, lo, hi)
+        self.log.lowered.update(peeled)
+        self.log.lowered.add(inner)
+        self.log.lowered.update(consumed)
+        return result
+
+    def int_input(self, expr) -> relax.Expr:
+        """The (already rewritten) int8 tensor behind an original activation var."""
+        return self.visit_expr(expr)
+
+    # Each lower_* returns (final int8 expression, original vars it absorbed besides the root).
+    def lower_requantize(self, dq, out: TensorQuant, lo: int, hi: int):
+        """dequantize -> [relu/clip] -> quantize: a scale change and/or a clip on int8."""
+        data, qp = self.activation(dq)
+        return self.requantize_activation(self.int_input(data), qp, out, lo, hi), []
+
+    def requantize_activation(self, data, qp: TensorQuant, out: TensorQuant, lo: int, hi: int) -> relax.Expr:
+        bb = self.builder_
+        if qp.same_as(out) and qp.dtype == out.dtype:
+            if (lo, hi) == (qp.qmin, qp.qmax):
+                return data
+            clipped = bb.emit(relax.op.maximum(data, const(lo, qp.dtype)))
+            return relax.op.minimum(clipped, const(hi, qp.dtype))
+        return emit_requantize(
+            bb,
+            centered(bb, data, qp.zero_point, "int32"),
+            qp.scale / out.scale,
+            out.zero_point,
+            lo,
+            hi,
+            out.dtype,
+        )
+
+    def lower_layout(self, value, out: TensorQuant, lo: int, hi: int):
+        """Reshape/transpose/max-pool... applied to the int8 tensor, then requantized if needed."""
+        chain = []
+        expr = value
+        while _op_name(expr) in LAYOUT_OPS:
+            chain.append(expr)
+            expr = self.value(expr.args[0])
+        data, qp = self.activation(expr)
+        result = self.int_input(data)
+        for layout_call in reversed(chain):
+            rebuilt = relax.Call(layout_call.op, [result, *layout_call.args[1:]], layout_call.attrs)
+            result = self.builder_.emit(rebuilt)
+        return self.requantize_activation(result, qp, out, lo, hi), self._vars_of_chain(value)
+
+    def _vars_of_chain(self, value) -> list:
+        """Original vars bound inside a chain of single-input layout ops (for the report)."""
+        found = []
+        expr = value
+        while _op_name(expr) in LAYOUT_OPS:
+            arg = expr.args[0]
+            if isinstance(arg, relax.Var):
+                found.append(arg)
+            expr = self.value(arg)
+        return found
+
+    def lower_conv(self, conv, out: TensorQuant, lo: int, hi: int, bias=None, bias_var=None):
+        attrs = conv.attrs
+        if attrs.data_layout != "NCHW" or attrs.kernel_layout != "OIHW" or attrs.out_layout != "NCHW":
+            raise Unlowerable(f"conv2d layout {attrs.data_layout}/{attrs.kernel_layout} is not NCHW/OIHW")
+        data, qp = self.activation(conv.args[0])
+        weight, w_scale, w_axis = self.weight(conv.args[1])
+        channels = weight.shape[0]
+        if w_scale.size not in (1, channels) or (w_scale.size > 1 and w_axis != 0):
+            raise Unlowerable("conv weight scale is neither per tensor nor per output channel")
+        acc_scale = qp.scale * np.broadcast_to(w_scale, (channels,))
+        bias_int = np.zeros(channels, np.int64)
+        if bias is not None:
+            bias_int = self.bias_in_accumulator(bias, acc_scale, channels).astype(np.int64)
+        bb = self.builder_
+        x = self.int_input(data)
+        padding = [int(p) for p in attrs.padding]
+        if qp.zero_point and any(padding):
+            # Padding must hold the zero point (real 0), so pad explicitly instead of in conv2d.
+            top, left, bottom, right = padding
+            x = bb.emit(relax.op.nn.pad(x, [0, 0, 0, 0, top, bottom, left, right], pad_value=qp.zero_point))
+            padding = [0, 0, 0, 0]
+        if qp.zero_point:
+            # sum((x - z) * w) = sum(x * w) - z * sum(w): fold the correction into the bias.
+            bias_int = bias_int - qp.zero_point * weight.reshape(channels, -1).astype(np.int64).sum(axis=1)
+        acc = bb.emit(
+            relax.op.nn.conv2d(
+                x,
+                const(weight, "int8"),
+                strides=[int(s) for s in attrs.strides],
+                padding=padding,
+                dilation=[int(d) for d in attrs.dilation],
+                groups=int(attrs.groups),
+                out_dtype="int32",
+            )
+        )
+        if np.any(bias_int):
+            acc = bb.emit(relax.op.add(acc, const(bias_int.reshape(1, channels, 1, 1), "int32")))
+        # |acc| <= max|x| * sum|w| + |bias| per output channel: proves whether int32 is enough.
+        input_magnitude = max(abs(qp.qmin), abs(qp.qmax))
+        bound = int(
+            (
+                input_magnitude * np.abs(weight.reshape(channels, -1).astype(np.int64)).sum(axis=1)
+                + np.abs(bias_int)
+            ).max()
+        )
+        result = emit_requantize(
+            bb, acc, acc_scale / out.scale, out.zero_point, lo, hi, out.dtype, 1, accumulator_bound=bound
+        )
+        consumed = [bias_var] if bias_var is not None else []
+        return result, consumed
+
+    def lower_matmul(self, matmul, out: TensorQuant, lo: int, hi: int, bias=None, bias_var=None):
+        data, qp = self.activation(matmul.args[0])
+        weight_expr = self.value(matmul.args[1])
+        transposed = _is_call(weight_expr, "relax.permute_dims")
+        if transposed:
+            axes = [int(a) for a in weight_expr.attrs.axes] if weight_expr.attrs.axes is not None else [1, 0]
+            if axes != [1, 0]:
+                raise Unlowerable("matmul weight transpose is not a 2-D transpose")
+            weight_expr = weight_expr.args[0]
+        weight, w_scale, w_axis = self.weight(weight_expr)
+        if weight.ndim != 2:
+            raise Unlowerable("matmul weight is not a 2-D constant")
+        if transposed:
+            weight, w_axis = weight.T.copy(), 1 - w_axis
+        columns = weight.shape[1]
+        if w_scale.size not in (1, columns) or (w_scale.size > 1 and w_axis != 1):
+            raise Unlowerable("matmul weight scale is neither per tensor nor per output column")
+        acc_scale = qp.scale * np.broadcast_to(w_scale, (columns,))
+        bias_int = np.zeros(columns, np.int64)
+        if bias is not None:
+            bias_int = self.bias_in_accumulator(bias, acc_scale, columns).astype(np.int64)
+        if qp.zero_point:
+            bias_int = bias_int - qp.zero_point * weight.astype(np.int64).sum(axis=0)
+        bb = self.builder_
+        acc = bb.emit(relax.op.matmul(self.int_input(data), const(weight, "int8"), out_dtype="int32"))
+        if np.any(bias_int):
+            acc = bb.emit(relax.op.add(acc, const(bias_int, "int32")))
+        ndim = len(shape_of(acc))
+        input_magnitude = max(abs(qp.qmin), abs(qp.qmax))
+        bound = int((input_magnitude * np.abs(weight.astype(np.int64)).sum(axis=0) + np.abs(bias_int)).max())
+        result = emit_requantize(
+            bb,
+            acc,
+            acc_scale / out.scale,
+            out.zero_point,
+            lo,
+            hi,
+            out.dtype,
+            ndim - 1,
+            accumulator_bound=bound,
+        )
+        consumed = [bias_var] if bias_var is not None else []
+        return result, consumed
+
+    def lower_add(self, add, out: TensorQuant, lo: int, hi: int):
+        left, right = add.args
+        # conv/matmul followed by a constant bias add, as the importer writes Conv/Gemm with bias.
+        for main, bias in ((left, right), (right, left)):
+            main_value = self.value(main)
+            if _op_name(main_value) in ("relax.nn.conv2d", "relax.matmul") and self._is_constant_path(bias):
+                if _is_call(add, "relax.subtract"):
+                    raise Unlowerable("constant subtracted from a conv/matmul output")
+                lower = self.lower_conv if _is_call(main_value, "relax.nn.conv2d") else self.lower_matmul
+                result, consumed = lower(main_value, out, lo, hi, bias=bias, bias_var=None)
+                return result, [main, *consumed]
+        (a, qa), (b, qb) = self.operand(left), self.operand(right)
+        sign = -1.0 if _is_call(add, "relax.subtract") else 1.0
+        bb = self.builder_
+        (m_a, m_b), shift = common_shift_multipliers([qa.scale / out.scale, qb.scale / out.scale])
+        # One rounding for the sum: both terms scaled to a shared fixed-point shift in int64.
+        term_a = bb.emit(relax.op.multiply(centered(bb, a, qa.zero_point, "int64"), const(m_a, "int64")))
+        term_b = bb.emit(
+            relax.op.multiply(centered(bb, b, qb.zero_point, "int64"), const(int(sign) * m_b, "int64"))
+        )
+        total = bb.emit(relax.op.add(term_a, term_b))
+        shifted = emit_rounding_right_shift(bb, total, np.int64(shift))
+        return emit_clip_cast(bb, shifted, out.zero_point, lo, hi, out.dtype), []
+
+    def _is_constant_path(self, expr) -> bool:
+        value = self.value(expr)
+        while _is_call(value, "relax.reshape") or _is_call(value, "relax.dequantize"):
+            value = self.value(value.args[0])
+        return isinstance(value, tvm.ir.GenericConst)
+
+    def lower_multiply(self, mul, out: TensorQuant, lo: int, hi: int):
+        (a, qa), (b, qb) = self.operand(mul.args[0]), self.operand(mul.args[1])
+        bb = self.builder_
+        product = bb.emit(
+            relax.op.multiply(
+                centered(bb, a, qa.zero_point, "int32"),
+                centered(bb, b, qb.zero_point, "int32"),
+            )
+        )
+        return emit_requantize(
+            bb, product, qa.scale * qb.scale / out.scale, out.zero_point, lo, hi, out.dtype
+        ), []
+
+    def lower_concat(self, concat, out: TensorQuant, lo: int, hi: int):
+        items = self.value(concat.args[0])
+        if not isinstance(items, relax.Tuple):
+            raise Unlowerable("concat of a non-literal tuple")
+        pieces = []
+        for item in items.fields:
+            data, qp = self.activation(item)
+            pieces.append(
+                self.builder_.emit(self.requantize_activation(self.int_input(data), qp, out, lo, hi))
+            )
+        return relax.op.concat(pieces, axis=int(concat.attrs.axis)), []
+
+    def lower_resize(self, resize, out: TensorQuant, lo: int, hi: int):
+        attrs = resize.attrs
+        if attrs.layout != "NCHW":
+            raise Unlowerable(f"resize layout {attrs.layout}")
+        if any(float(r) != 0.0 for r in attrs.roi):
+            raise Unlowerable("resize with a region of interest")
+        mode = str(attrs.coordinate_transformation_mode)
+        if mode not in ("half_pixel", "pytorch_half_pixel", "align_corners", "asymmetric"):
+            raise Unlowerable(f"resize coordinate mode {mode}")
+        data, qp = self.activation(resize.args[0])
+        out_h, out_w = shape_of(resize)[2:]
+        bb = self.builder_
+        x = self.int_input(data)
+        method = str(attrs.method)
+        if method == "nearest_neighbor":
+            rounding = str(attrs.rounding_method) or "round_prefer_floor"
+            in_h, in_w = shape_of(data)[2:]
+            rows = nearest_indices(out_h, in_h, mode, rounding)
+            cols = nearest_indices(out_w, in_w, mode, rounding)
+            x = bb.emit(relax.op.take(x, const(rows, "int64"), axis=2, mode="clip"))
+            x = bb.emit(relax.op.take(x, const(cols, "int64"), axis=3, mode="clip"))
+            return self.requantize_activation(x, qp, out, lo, hi), []
+        if method != "linear":
+            raise Unlowerable(f"resize method {method}")
+        # Bilinear as two separable passes of two-tap fixed-point weights in int32; one rounding
+        # at the end (see integer_kernels.RESIZE_WEIGHT_BITS for the error bound).
+        wide = centered(bb, x, qp.zero_point, "int32")
+        wide = emit_linear_resize_axis(bb, wide, 3, out_w, mode)
+        wide = emit_linear_resize_axis(bb, bb.emit(relax.op.astype(wide, "int64")), 2, out_h, mode)
+        real_scale = qp.scale / out.scale / float(1 << (2 * RESIZE_WEIGHT_BITS))
+        return emit_requantize(
+            bb, wide, real_scale, out.zero_point, lo, hi, out.dtype, multiplier_bits=RESIZE_MULTIPLIER_BITS
+        ), []
+
+    def lower_avg_pool(self, pool, out: TensorQuant, lo: int, hi: int):
+        attrs = pool.attrs
+        if attrs.layout != "NCHW" or bool(attrs.ceil_mode):
+            raise Unlowerable("avg_pool2d with ceil_mode or a non-NCHW layout")
+        padding = [int(p) for p in attrs.padding]
+        if any(padding) and not bool(attrs.count_include_pad):
+            raise Unlowerable("avg_pool2d with padding excluded from the count (divisor varies at borders)")
+        data, qp = self.activation(pool.args[0])
+        bb = self.builder_
+        x = self.int_input(data)
+        channels = shape_of(data)[1]
+        kh, kw = (int(k) for k in attrs.pool_size)
+        if any(padding):
+            top, left, bottom, right = padding
+            x = bb.emit(relax.op.nn.pad(x, [0, 0, 0, 0, top, bottom, left, right], pad_value=qp.zero_point))
+        # Window sums as a depthwise int8 convolution with a ones kernel: exact int32 sums.
+        ones = np.ones((channels, 1, kh, kw), np.int8)
+        window_sum = bb.emit(
+            relax.op.nn.conv2d(
+                x,
+                const(ones, "int8"),
+                strides=[int(s) for s in attrs.strides],
+                dilation=[int(d) for d in attrs.dilation],
+                groups=channels,
+                out_dtype="int32",
+            )
+        )
+        count = kh * kw
+        if qp.zero_point:
+            window_sum = bb.emit(relax.op.subtract(window_sum, const(qp.zero_point * count, "int32")))
+        return emit_requantize(
+            bb,
+            window_sum,
+            qp.scale / (out.scale * count),
+            out.zero_point,
+            lo,
+            hi,
+            out.dtype,
+            accumulator_bound=255 * count,
+        ), []
+
+    def lower_mean(self, mean, out: TensorQuant, lo: int, hi: int):
+        data, qp = self.activation(mean.args[0])
+        shape = shape_of(data)
+        axes = (
+            [int(a) % len(shape) for a in mean.attrs.axis]
+            if mean.attrs.axis is not None
+            else list(range(len(shape)))
+        )
+        count = int(np.prod([shape[a] for a in axes]))
+        bb = self.builder_
+        wide = centered(bb, self.int_input(data), qp.zero_point, "int32")
+        total = bb.emit(relax.op.sum(wide, axis=axes, keepdims=bool(mean.attrs.keepdims)))
+        return emit_requantize(
+            bb,
+            total,
+            qp.scale / (out.scale * count),
+            out.zero_point,
+            lo,
+            hi,
+            out.dtype,
+            accumulator_bound=255 * count,
+        ), []
+
+
+def lower_qdq_to_integer(mod: tvm.IRModule, log: LoweringLog | None = None) -> tvm.IRModule:
+    """Apply the rewrite to every Relax function of ``mod`` (fills ``log`` if given)."""
+    log = log if log is not None else LoweringLog()
+    rewriter = QdqToIntegerMutator(mod, {}, log)
+    for gvar, func in mod.functions_items():
+        if isinstance(func, relax.Function):
+            rewriter.var2val = relax.analysis.get_var2val(func)
+            rewriter.builder_.update_func(gvar, rewriter.visit_expr(func))
+    return rewriter.builder_.get()
+
+
+@tvm.transform.module_pass(opt_level=0, name="LowerQdqToInteger")
+class LowerQdqToInteger:
+    """Module pass wrapper: ``quantize(f(dequantize(...)))`` -> integer Relax (see module docstring)."""
+
+    def __init__(self, log: LoweringLog | None = None):
+        self.log = log if log is not None else LoweringLog()
+
+    def transform_module(self, mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
+        return lower_qdq_to_integer(mod, self.log)
