@@ -106,18 +106,23 @@ def run_build(config: BuildConfig, echo: Callable[[str], None] = click.echo) -> 
     out = Path(config.out)
     if out.exists() and not out.is_dir():
         raise SegcompileError(f"--out {out}: exists and is not a folder")
-    out.mkdir(parents=True, exist_ok=True)
-    (out / MANIFEST_JSON).unlink(missing_ok=True)
-    ledger = StageLedger(out)
-    if config.force:
-        ledger.entries.clear()
+    # Fail fast on a bad model, target, calibration or evaluation spec, before minutes of work.
+    from segcompile.export.source import classify_model_argument
+    from segcompile.zoo.registry import get_entry
 
-    # Fail fast on a bad target, calibration or evaluation spec, before minutes of work.
+    if classify_model_argument(config.model) == "zoo":
+        get_entry(config.model)
     profile = load_profile(config.target)
     calib_set = open_dataset(config.calib)
     eval_set = open_dataset(config.eval) if config.eval else None
     if len(calib_set) == 0:
         raise SegcompileError(f"--calib {config.calib}: no frames")
+
+    out.mkdir(parents=True, exist_ok=True)
+    (out / MANIFEST_JSON).unlink(missing_ok=True)
+    ledger = StageLedger(out)
+    if config.force:
+        ledger.entries.clear()
 
     result = BuildResult(out=out)
 
