@@ -113,8 +113,8 @@ def run_build(config: BuildConfig, echo: Callable[[str], None] = click.echo) -> 
     if classify_model_argument(config.model) == "zoo":
         get_entry(config.model)
     profile = load_profile(config.target)
-    calib_set = open_dataset(config.calib)
-    eval_set = open_dataset(config.eval) if config.eval else None
+    calib_set = open_dataset(config.calib, role="calib")
+    eval_set = open_dataset(config.eval, role="eval") if config.eval else None
     if len(calib_set) == 0:
         raise SegcompileError(f"--calib {config.calib}: no frames")
 
