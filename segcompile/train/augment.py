@@ -22,6 +22,14 @@ class AugmentConfig:
     contrast: float = 0.25
 
 
+# "strong" suits training from scratch; "light" suits fine-tuning, where heavy zoom slows convergence.
+AUGMENT_PRESETS: dict[str, AugmentConfig] = {
+    "strong": AugmentConfig(),
+    "light": AugmentConfig(scale_range=(0.9, 1.25), brightness=0.15, contrast=0.15),
+    "none": AugmentConfig(hflip=False, scale_range=(1.0, 1.0), brightness=0.0, contrast=0.0),
+}
+
+
 def augment_batch(
     images: torch.Tensor, labels: torch.Tensor, config: AugmentConfig, generator: torch.Generator
 ) -> tuple[torch.Tensor, torch.Tensor]:

@@ -9,6 +9,7 @@ import torch
 
 from segcompile.data.spec import open_dataset
 from segcompile.export.source import load_checkpoint
+from segcompile.train.augment import AUGMENT_PRESETS
 from segcompile.train.checkpoint import save_checkpoint
 from segcompile.train.loop import TrainConfig, train_model
 from segcompile.zoo.registry import build_model, get_entry
@@ -30,6 +31,13 @@ from segcompile.zoo.registry import build_model, get_entry
 @click.option("--epochs", default=TrainConfig.epochs, show_default=True, type=click.IntRange(1))
 @click.option("--batch-size", default=TrainConfig.batch_size, show_default=True, type=click.IntRange(1))
 @click.option("--lr", "learning_rate", default=TrainConfig.learning_rate, show_default=True, type=float)
+@click.option(
+    "--augment",
+    type=click.Choice(sorted(AUGMENT_PRESETS)),
+    default="strong",
+    show_default=True,
+    help="Augmentation strength: strong (from scratch), light (fine-tuning), none.",
+)
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option(
     "--init",
@@ -40,19 +48,35 @@ from segcompile.zoo.registry import build_model, get_entry
 )
 @click.option("--threads", default=None, type=click.IntRange(1), help="torch threads (default: all cores).")
 def train(
-    model_name, data_spec, eval_spec, out_path, epochs, batch_size, learning_rate, seed, init_path, threads
+    model_name,
+    data_spec,
+    eval_spec,
+    out_path,
+    epochs,
+    batch_size,
+    learning_rate,
+    augment,
+    seed,
+    init_path,
+    threads,
 ):
     """Train a zoo network from scratch (or fine-tune it) on the CPU."""
     if threads:
         torch.set_num_threads(threads)
     entry = get_entry(model_name)
-    train_set = open_dataset(data_spec)
-    eval_set = open_dataset(eval_spec) if eval_spec else None
+    train_set = open_dataset(data_spec, role="train")
+    eval_set = open_dataset(eval_spec, role="eval") if eval_spec else None
     model = build_model(entry, seed=seed)
     if init_path is not None:
         model.load_state_dict(load_checkpoint(init_path).state_dict)
     info = entry.model_info()
-    config = TrainConfig(epochs=epochs, batch_size=batch_size, learning_rate=learning_rate, seed=seed)
+    config = TrainConfig(
+        epochs=epochs,
+        batch_size=batch_size,
+        learning_rate=learning_rate,
+        seed=seed,
+        augment=AUGMENT_PRESETS[augment],
+    )
     result = train_model(model, train_set, info, config, eval_set)
     metadata = {
         "data": data_spec,
@@ -60,6 +84,8 @@ def train(
         "epochs": epochs,
         "batch_size": batch_size,
         "learning_rate": learning_rate,
+        "augment": augment,
+        "init": str(init_path) if init_path else None,
         "seed": seed,
         "eval_miou": result.final_miou,
         "seconds": round(result.seconds, 1),
