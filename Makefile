@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 # Cross compilers and an aarch64 Python under qemu-user, to build for and run on the boards' ARM cores.
-$(SYSROOT_STAMP): scripts/setup-aarch64-sysroot.sh
+$(SYSROOT_STAMP): scripts/setup-aarch64-sysroot.sh | $(STAMP)
 	bash scripts/setup-aarch64-sysroot.sh
 
 demo: setup
