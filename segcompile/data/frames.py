@@ -8,6 +8,7 @@ to :class:`FileDataset`, optionally with a lookup table that maps stored label v
 from __future__ import annotations
 
 import abc
+import errno
 import os
 import warnings
 from collections.abc import Iterator, Sequence
@@ -16,11 +17,29 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
+from tqdm import tqdm
 
 from segcompile.errors import SegcompileError
 
 IMAGE_SUFFIXES: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm")
 MASK_SUFFIXES: tuple[str, ...] = (".png", ".bmp", ".tif", ".tiff", ".pgm")
+
+# Refuse pictures above this many pixels (64 Mpx, e.g. 8192x8192) before decoding them, instead
+# of relying on Pillow's global decompression-bomb limit, which other code may change.
+MAX_IMAGE_PIXELS = 64 * 1024 * 1024
+
+
+class SkippedFramesWarning(UserWarning):
+    """Some frames of a dataset were left out; ``dataset.skipped`` says which and why."""
+
+
+@dataclass(frozen=True)
+class SkippedFrame:
+    """A frame a reader left out instead of failing: its name, the file at fault and why."""
+
+    name: str
+    path: Path
+    reason: str
 
 
 @dataclass(frozen=True, eq=False)
@@ -59,6 +78,8 @@ class SegmentationDataset(abc.ABC):
     spec: str
     class_names: tuple[str, ...]
     names: list[str]
+    # Frames the reader left out (missing or mismatched mask, unreadable file, ...), for the report.
+    skipped: Sequence[SkippedFrame] = ()
 
     def __len__(self) -> int:
         return len(self.names)
@@ -101,8 +122,14 @@ class FileDataset(SegmentationDataset):
         entries: Sequence[FileEntry],
         class_names: Sequence[str] = (),
         label_lut: np.ndarray | None = None,
+        skipped: Sequence[SkippedFrame] = (),
     ) -> None:
-        """``label_lut``: optional uint8 array of 256 entries mapping stored mask values to class ids."""
+        """``label_lut``: optional uint8 array of 256 entries mapping stored mask values to class ids.
+
+        When ``class_names`` is given, a mask value that maps to neither a class nor ``255`` (ignore) is a
+        :class:`SegcompileError` naming the mask file (the data does not belong to this class list).
+        ``skipped`` records frames the reader left out.
+        """
         if label_lut is not None and (label_lut.shape != (256,) or label_lut.dtype != np.uint8):
             raise ValueError("label_lut must be a uint8 array of 256 entries")
         self.spec = spec
@@ -110,6 +137,7 @@ class FileDataset(SegmentationDataset):
         self.names = [entry.name for entry in self.entries]
         self.class_names = tuple(class_names)
         self.label_lut = label_lut
+        self.skipped = list(skipped)
 
     @property
     def has_masks(self) -> bool:
@@ -127,9 +155,71 @@ class FileDataset(SegmentationDataset):
                     f"{entry.mask}: mask is {_size_text(mask.shape)} but its image {entry.image} is "
                     f"{_size_text(image.shape)}"
                 )
+            stored = mask
             if self.label_lut is not None:
                 mask = self.label_lut[mask]
+            if self.class_names:
+                _check_labels(entry.mask, stored, mask, len(self.class_names))
         return Frame(entry.name, image, mask)
+
+
+def _check_labels(path: Path, stored: np.ndarray, mapped: np.ndarray, num_classes: int) -> None:
+    bad = (mapped >= num_classes) & (mapped != 255)
+    if bad.any():
+        value = int(stored[bad][0])
+        raise SegcompileError(
+            f"{path}: mask holds label value {value}, which is not one of the {num_classes} classes "
+            f"of this dataset (nor 255 = ignore); is this the right dataset or mask file?"
+        )
+
+
+def check_entries(
+    spec: str, entries: Sequence[FileEntry], require_masks: bool = True
+) -> tuple[list[FileEntry], list[SkippedFrame]]:
+    """Split ``entries`` into the readable ones and :class:`SkippedFrame` records, from file headers only.
+
+    A frame is skipped when its image or mask is missing, unreadable, larger than
+    :data:`MAX_IMAGE_PIXELS`, or when mask and image sizes differ. One :class:`SkippedFramesWarning`
+    summarises what was left out; when nothing is left a :class:`SegcompileError` names the first causes.
+    """
+    kept: list[FileEntry] = []
+    skipped: list[SkippedFrame] = []
+    for entry in tqdm(entries, desc=f"checking {spec}", unit="frame", disable=None, leave=False):
+        problem = _entry_problem(entry, require_masks)
+        if problem is None:
+            kept.append(entry)
+        else:
+            skipped.append(SkippedFrame(entry.name, *problem))
+    if not kept:
+        causes = "; ".join(frame.reason for frame in skipped[:3]) or "no frames listed"
+        raise SegcompileError(f"{spec}: no usable frames ({causes})")
+    if skipped:
+        warnings.warn(
+            f"{spec}: skipped {len(skipped)} of {len(entries)} frames; first: {skipped[0].reason}",
+            SkippedFramesWarning,
+            stacklevel=2,
+        )
+    return kept, skipped
+
+
+def _entry_problem(entry: FileEntry, require_masks: bool) -> tuple[Path, str] | None:
+    """(file at fault, why) when ``entry`` cannot be used, from file headers only."""
+    try:
+        image_wh = image_size(entry.image, "image")
+    except SegcompileError as exc:
+        return entry.image, str(exc)
+    if entry.mask is None:
+        return (entry.image, f"{entry.image}: no mask for this image") if require_masks else None
+    try:
+        mask_wh = image_size(entry.mask, "mask")
+    except SegcompileError as exc:
+        return entry.mask, str(exc)
+    if mask_wh != image_wh:
+        return entry.mask, (
+            f"{entry.mask}: mask is {mask_wh[0]}x{mask_wh[1]} but its image {entry.image} is "
+            f"{image_wh[0]}x{image_wh[1]}"
+        )
+    return None
 
 
 # Pillow's guard against decompression bombs warns first and raises only at twice the limit;
@@ -138,13 +228,27 @@ def _open_checked(path: Path, what: str) -> Image.Image:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            return Image.open(path)
+            handle = Image.open(path)
     except FileNotFoundError as exc:
+        if path.is_symlink():
+            raise SegcompileError(f"{path}: {what} is a broken symlink (to {os.readlink(path)})") from exc
         raise SegcompileError(f"{path}: {what} file not found") from exc
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise SegcompileError(f"{path}: {what} is a symlink loop") from exc
+        raise SegcompileError(f"{path}: not a readable {what} ({exc})") from exc
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise SegcompileError(f"{path}: {what} is too large to read safely ({exc})") from exc
-    except (OSError, SyntaxError, ValueError) as exc:
+    except (SyntaxError, ValueError) as exc:
         raise SegcompileError(f"{path}: not a readable {what} ({exc})") from exc
+    width, height = handle.size
+    if width * height > MAX_IMAGE_PIXELS:
+        handle.close()
+        raise SegcompileError(
+            f"{path}: {what} is {width}x{height} = {width * height} pixels, above the limit of "
+            f"{MAX_IMAGE_PIXELS}; downscale it first"
+        )
+    return handle
 
 
 def image_size(path: Path | str, what: str = "image") -> tuple[int, int]:
@@ -211,8 +315,56 @@ def list_files(folder: Path, suffixes: Sequence[str]) -> list[Path]:
 
 def _is_file(entry: os.DirEntry) -> bool:
     try:
-        return entry.is_file()  # follows symlinks; a dangling or looping link is simply not a file
-    except OSError:
+        return entry.is_file()  # follows symlinks; a dangling link is simply not a file
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise SegcompileError(f"{entry.path}: symlink loop") from exc
+        return False
+
+
+def find_files(root: Path, suffix: str) -> list[Path]:
+    """Files under ``root`` (any depth) whose name ends with ``suffix``, sorted by path.
+
+    Symlinked folders are followed once; a folder that links back to one of its own ancestors (a loop)
+    is a :class:`SegcompileError` naming it rather than an endless walk.
+    """
+    found: list[Path] = []
+    # Written by hand because os.walk(followlinks=True) loops forever on such links and
+    # Path.rglob does not follow folder symlinks at all (before Python 3.13).
+    def walk(folder: Path, ancestors: frozenset[tuple[int, int]]) -> None:
+        try:
+            info = folder.stat()
+            key = (info.st_dev, info.st_ino)
+            if key in ancestors:
+                raise SegcompileError(f"{folder}: symlink loop (links back to a folder that contains it)")
+            with os.scandir(folder) as entries:
+                children = sorted(entries, key=lambda entry: entry.name)
+        except SegcompileError:
+            raise
+        except FileNotFoundError as exc:
+            raise SegcompileError(f"{folder}: folder not found") from exc
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise SegcompileError(f"{folder}: symlink loop") from exc
+            raise SegcompileError(f"{folder}: cannot list folder ({exc})") from exc
+        for entry in children:
+            if entry.name.startswith("."):
+                continue
+            if entry.name.endswith(suffix) and _is_file(entry):
+                found.append(Path(entry.path))
+            elif _is_dir(entry):
+                walk(Path(entry.path), ancestors | {key})
+
+    walk(Path(root), frozenset())
+    return sorted(found)
+
+
+def _is_dir(entry: os.DirEntry) -> bool:
+    try:
+        return entry.is_dir()
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise SegcompileError(f"{entry.path}: symlink loop") from exc
         return False
 
 

@@ -1,8 +1,23 @@
 """Dataset specs: the one string `--calib` / `--eval` take, and the single table of schemes it accepts.
 
-Accepted today: ``demo``, ``demo:train|calib|eval``, ``folder:IMAGES[:MASKS]`` and a bare directory
-(``images/`` and ``masks/`` inside it when present, else the directory itself as images without masks).
-A new reader adds one :func:`register_scheme` line at the bottom of this module.
+Accepted: ``demo``, ``demo:train|calib|eval``, ``folder:IMAGES[:MASKS]``, a bare directory
+(``images/`` and ``masks/`` inside it when present, else the directory itself as images without masks),
+the standard layouts as they ship -- ``cityscapes:ROOT[:train|val|test]``, ``ade20k:ROOT[:train|val]``
+(150 classes), ``ade20k32:ROOT[:train|val]`` (MLPerf's 32 classes), ``cocoseg21:ROOT[:train|val]``,
+``voc2012:ROOT[:train|val|trainval]`` -- and ``subset:LISTFILE`` (frames pinned by a list file, see
+:mod:`segcompile.data.subsets`). A new reader adds one :func:`register_scheme` line at the bottom.
+
+Which frames a standard-layout spec without a split means depends on the role it is opened for:
+``train`` -> the training split in file order; ``calib`` -> the training split in a seeded random
+order (seed 0; quantize takes its first N frames, a random subset of N); ``eval`` or no role -> the
+validation split in file order. So ``--calib cityscapes:ROOT --eval cityscapes:ROOT`` never calibrates
+on an evaluation frame. A spec that names its split is read as named, in file order, for every role.
+
+Frames a standard-layout reader cannot use (missing or mismatched mask, unreadable or oversized file)
+are left out with one :class:`~segcompile.data.frames.SkippedFramesWarning` and listed in the dataset's
+``skipped`` attribute; layout problems (no such folder, empty split, symlink loop, bad annotation file)
+and label values outside the dataset's classes are a :class:`SegcompileError` naming the path.
+``folder:`` and bare directories are strict: any bad frame is an error.
 """
 
 from __future__ import annotations
@@ -11,9 +26,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from segcompile.data.ade20k import open_ade20k32_spec, open_ade20k_spec
+from segcompile.data.cityscapes import open_cityscapes_spec
+from segcompile.data.coco import open_coco_spec
 from segcompile.data.demo import DEMO_SPLITS, open_demo
 from segcompile.data.folder import open_folder
 from segcompile.data.frames import SegmentationDataset
+from segcompile.data.subsets import open_subset_spec
+from segcompile.data.voc import open_voc_spec
 from segcompile.errors import SegcompileError
 
 # What the frames are for. A spec that names no subset (``demo``, later ``cityscapes:ROOT``) lets the
@@ -109,3 +129,13 @@ register_scheme(
     "demo", f"demo[:{'|'.join(DEMO_SPLITS)}]", _open_demo_spec, "the bundled rendered demo scenes"
 )
 register_scheme("folder", "folder:IMAGES[:MASKS]", _open_folder_spec, "images, masks matched by file stem")
+register_scheme("cityscapes", "cityscapes:ROOT[:train|val|test]", open_cityscapes_spec,
+                "leftImg8bit + gtFine labelIds, 19 trainIds")
+register_scheme("ade20k", "ade20k:ROOT[:train|val]", open_ade20k_spec, "ADEChallengeData2016, 150 classes")
+register_scheme("ade20k32", "ade20k32:ROOT[:train|val]", open_ade20k32_spec,
+                "ADEChallengeData2016, MLPerf's 32 classes")
+register_scheme("cocoseg21", "cocoseg21:ROOT[:train|val]", open_coco_spec,
+                "COCO images + instances json, the 21 VOC classes")
+register_scheme("voc2012", "voc2012:ROOT[:train|val|trainval]", open_voc_spec,
+                "JPEGImages + SegmentationClass palette PNGs")
+register_scheme("subset", "subset:LISTFILE", open_subset_spec, "the frames a subset list file names")

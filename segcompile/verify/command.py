@@ -51,7 +51,7 @@ def verify(
         int8_runner=int8_runner, compare_qdq=compare_qdq, max_frames=frames, allow_overlap=allow_overlap,
         max_drop=max_drop, num_samples=samples,
     )
-    dataset = open_dataset(eval_spec)
+    dataset = open_dataset(eval_spec, role="eval")
     calib_names = calibration_names(build_dir, calib_spec)
     if fallback:
         result, _ = run_verify_with_fallback(config, build_dir, dataset, calib_names, rank=rank,
@@ -77,6 +77,6 @@ def calibration_names(build_dir: Path, calib_spec: str | None) -> list[str] | No
         return None
     from segcompile.data.spec import open_dataset
 
-    names = list(open_dataset(calib_spec).names)
+    names = list(open_dataset(calib_spec, role="calib").names)
     used = calibration_count(read_json(build_dir / "quant_params.json"))
     return names if used is None else names[:used]
