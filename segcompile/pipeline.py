@@ -167,9 +167,9 @@ def run_build(config: BuildConfig, echo: Callable[[str], None] = click.echo) -> 
     from segcompile.verify.stage import load_model_info
 
     info = load_model_info(out)
-    scheme = PRESETS[config.scheme] if config.scheme else profile.quant_scheme()
     if config.scheme and config.scheme not in PRESETS:
         raise SegcompileError(f"--scheme: {config.scheme!r} is not one of {', '.join(PRESETS)}")
+    scheme = PRESETS[config.scheme] if config.scheme else profile.quant_scheme()
     quantize_config = QuantizeConfig(
         scheme=scheme,
         method=config.method,

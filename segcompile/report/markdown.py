@@ -137,5 +137,8 @@ def to_markdown(report: dict[str, Any]) -> str:
     if report.get("frames_excluded_overlap"):
         lines += ["Left out of evaluation because calibration used them: "
                   + ", ".join(report["frames_excluded_overlap"]), ""]
+    if report.get("frames_skipped"):
+        lines += [f"Skipped by the dataset reader ({len(report['frames_skipped'])}): "
+                  + "; ".join(f"{item['name']} ({item['reason']})" for item in report["frames_skipped"]), ""]
     lines += ["Plots and sample pictures: report.html.", ""]
     return "\n".join(lines)

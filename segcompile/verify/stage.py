@@ -208,6 +208,11 @@ def assemble_report(
         "frames_eval": evaluator.names,
         "frames_excluded_overlap": dropped,
         "eval_dataset": getattr(evaluator.dataset, "spec", None),
+        # Frames the dataset reader refused (missing/corrupt/mismatched files), counted, never silently lost.
+        "frames_skipped": [
+            {"name": skipped.name, "path": str(skipped.path), "reason": skipped.reason}
+            for skipped in getattr(evaluator.dataset, "skipped", ())
+        ],
         "quantization": quantization_summary(quant_params),
         "layers": layer_errors(quant_params),
         # Seconds per stage; the verify_* entries split out the time spent inside the runners.
