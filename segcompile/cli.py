@@ -7,6 +7,7 @@ this module only assembles them and turns :class:`SegcompileError` into one clea
 from __future__ import annotations
 
 import sys
+import warnings
 
 import click
 
@@ -39,6 +40,14 @@ def main(ctx: click.Context, debug: bool) -> None:
     """
     ctx.ensure_object(dict)
     ctx.obj["debug"] = debug
+    if not debug:
+        # Warnings meant for users (e.g. skipped frames) read as one line, not as Python source locations.
+        warnings.formatwarning = _one_line_warning
+        warnings.simplefilter("once")
+
+
+def _one_line_warning(message, category, filename, lineno, line=None) -> str:
+    return f"warning: {message}\n"
 
 
 def _register_commands() -> None:
@@ -46,6 +55,7 @@ def _register_commands() -> None:
     # that shows the whole command surface.
     from segcompile.compile.command import compile_command, targets
     from segcompile.export.command import export
+    from segcompile.perf.command import bench, tune
     from segcompile.pipeline_command import build
     from segcompile.quantize.command import quantize
     from segcompile.report.command import report
@@ -53,8 +63,12 @@ def _register_commands() -> None:
     from segcompile.verify.command import verify
     from segcompile.zoo.command import models
 
-    for command in (models, build, export, train, quantize, compile_command, targets, verify, report):
+    commands = (models, build, export, train, quantize, compile_command, targets, verify, report)
+    for command in (*commands, bench, tune):
         main.add_command(command)
+    from segcompile.data.command import subset
+
+    main.add_command(subset)
 
 
 _register_commands()
