@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from segcompile.data.classes import IGNORE_LABEL
@@ -82,3 +83,68 @@ def test_the_bundled_demo_model_is_meaningfully_accurate():
     model.load_state_dict(load_checkpoint(bundled_weights(DEMO)).state_dict)
     miou = evaluate_miou(model, open_dataset("demo:eval"), entry.model_info())
     assert miou >= 0.60
+
+
+@pytest.mark.slow
+def test_qat_fine_tuning_writes_qdq_onnx_whose_ranges_quantize_keeps(tmp_path):
+    import onnx
+    from click.testing import CliRunner
+
+    from segcompile.cli import main
+    from segcompile.quantize.scheme import PRESETS
+    from segcompile.quantize.stage import QuantizeConfig, run_quantize
+
+    out = tmp_path / "demo.qat.onnx"
+    result = CliRunner().invoke(
+        main,
+        [
+            "train",
+            "--model",
+            DEMO,
+            "--data",
+            "demo:calib",
+            "--epochs",
+            "1",
+            "--batch-size",
+            "8",
+            "--lr",
+            "1e-4",
+            "--augment",
+            "none",
+            "--qat",
+            "tda4vm",
+            "--threads",
+            "1",
+            "--out",
+            str(out),
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    ops = {node.op_type for node in onnx.load(str(out)).graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear", "Conv"} <= ops
+
+    quantized = run_quantize(QuantizeConfig(scheme=PRESETS["tda4vm"]), out, [], tmp_path / "build")
+    assert quantized.imported and not quantized.calibrated
+
+
+def test_qat_needs_an_onnx_output_name(tmp_path):
+    from click.testing import CliRunner
+
+    from segcompile.cli import main
+
+    result = CliRunner().invoke(
+        main,
+        [
+            "train",
+            "--model",
+            DEMO,
+            "--data",
+            "demo:calib",
+            "--qat",
+            "tda4vm",
+            "--out",
+            str(tmp_path / "x.pt"),
+        ],
+    )
+    assert result.exit_code != 0
+    assert "x.pt" in result.output and ".onnx" in result.output

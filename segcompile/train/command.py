@@ -8,11 +8,14 @@ import click
 import torch
 
 from segcompile.data.spec import open_dataset
+from segcompile.errors import SegcompileError
 from segcompile.export.source import load_checkpoint
+from segcompile.quantize.scheme import PRESETS, QuantScheme
 from segcompile.train.augment import AUGMENT_PRESETS
 from segcompile.train.checkpoint import save_checkpoint
 from segcompile.train.loop import TrainConfig, train_model
-from segcompile.zoo.registry import build_model, get_entry
+from segcompile.train.qat import finetune_qat
+from segcompile.zoo.registry import build_model, bundled_weights, get_entry
 
 
 @click.command("train")
@@ -46,6 +49,14 @@ from segcompile.zoo.registry import build_model, get_entry
     default=None,
     help="Start from this checkpoint's weights (fine-tuning).",
 )
+@click.option(
+    "--qat",
+    "qat_scheme",
+    default=None,
+    metavar="SCHEME|TARGET",
+    help="Quantization-aware fine-tuning for this scheme (tda4vm, per-channel, ...) or target profile; "
+    "--out is then a QDQ .onnx file that `segcompile build --model` takes with its learned ranges.",
+)
 @click.option("--threads", default=None, type=click.IntRange(1), help="torch threads (default: all cores).")
 def train(
     model_name,
@@ -58,6 +69,7 @@ def train(
     augment,
     seed,
     init_path,
+    qat_scheme,
     threads,
 ):
     """Train a zoo network from scratch (or fine-tune it) on the CPU."""
@@ -67,6 +79,16 @@ def train(
     train_set = open_dataset(data_spec, role="train")
     eval_set = open_dataset(eval_spec, role="eval") if eval_spec else None
     model = build_model(entry, seed=seed)
+    if qat_scheme is not None:
+        scheme = _resolve_scheme(qat_scheme)
+        if out_path.suffix.lower() != ".onnx":
+            raise SegcompileError(
+                f"--out {out_path}: with --qat the result is a QDQ ONNX file; name it *.onnx"
+            )
+        # Fake quantization is fine-tuning: it starts from trained weights, the shipped ones by default.
+        init_path = init_path or bundled_weights(entry)
+        if init_path is None:
+            raise SegcompileError(f"--qat: {entry.name} has no bundled weights; give --init CHECKPOINT")
     if init_path is not None:
         model.load_state_dict(load_checkpoint(init_path).state_dict)
     info = entry.model_info()
@@ -77,6 +99,13 @@ def train(
         seed=seed,
         augment=AUGMENT_PRESETS[augment],
     )
+    if qat_scheme is not None:
+        result = finetune_qat(model, scheme, train_set, info, config, out_path, eval_set)
+        summary = f"wrote QAT model {out_path} ({scheme.name}) after {epochs} epochs in {result.seconds:.0f}s"
+        if result.final_miou is not None:
+            summary += f"; fake-quant eval mIoU {100 * result.final_miou:.2f}%"
+        click.echo(summary)
+        return
     result = train_model(model, train_set, info, config, eval_set)
     metadata = {
         "data": data_spec,
@@ -96,3 +125,12 @@ def train(
     if result.final_miou is not None:
         summary += f"; eval mIoU {100 * result.final_miou:.2f}%"
     click.echo(summary)
+
+
+def _resolve_scheme(name: str) -> QuantScheme:
+    """A scheme preset by name, or the scheme of a target profile (name or YAML path)."""
+    if name in PRESETS:
+        return PRESETS[name]
+    from segcompile.compile.profiles import load_profile
+
+    return load_profile(name).quant_scheme()
