@@ -67,15 +67,20 @@ def check_elf_machine(path: Path | str, core: CoreSpec) -> ElfHeader:
     return header
 
 
-def compile_relax(mod, core: CoreSpec):
-    """Compile a Relax module for an arm/host core with TVM's fused CPU pipeline (a VM executable)."""
+def compile_relax(mod, core: CoreSpec, database=None):
+    """Compile a Relax module for an arm/host core with TVM's fused CPU pipeline (a VM executable).
+
+    Kernels get the schedules of ``database`` (a MetaSchedule database, see tuning.py) where it has them
+    and the hand-written CPU schedules (cpu_schedules.py) elsewhere.
+    """
     import tvm
     import tvm.relax.backend.cpu_generic  # noqa: F401  (registers the CPU pipeline)
-    from tvm import relax
+
+    from segcompile.compile.tuning import tuned_pipeline
 
     target = tvm_target(core)
     # The default `tvm.compile` pipeline does no operator fusion on CPU; cpu_generic's does.
-    pipeline = relax.backend.cpu_generic.get_default_pipeline(target)
+    pipeline = tuned_pipeline(target, database)
     try:
         return tvm.compile(mod, target=target, relax_pipeline=pipeline)
     except Exception as exc:  # TVM's errors are its own types; name the core that failed
@@ -84,7 +89,7 @@ def compile_relax(mod, core: CoreSpec):
         ) from exc
 
 
-def build_core(mod, core: CoreSpec, out_dir: Path | str) -> CoreBuild:
+def build_core(mod, core: CoreSpec, out_dir: Path | str, database=None) -> CoreBuild:
     """Build ``mod`` for an arm/host ``core`` into ``out_dir/model.so`` atomically; check its ELF machine."""
     from tvm.support import cc
 
@@ -92,7 +97,7 @@ def build_core(mod, core: CoreSpec, out_dir: Path | str) -> CoreBuild:
         raise SegcompileError(f"core '{core.name}': kind {core.kind} is not built with LLVM")
     started = time.perf_counter()
     compiler = find_cross_compiler(core)
-    executable = compile_relax(mod, core)
+    executable = compile_relax(mod, core, database)
     final = Path(out_dir) / LIBRARY_NAME
     with atomic_path(final) as temp:
         try:

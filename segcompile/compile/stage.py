@@ -103,6 +103,7 @@ def run_compile(
     from segcompile.compile.host_runtime import build_for_host
     from segcompile.compile.import_qdq import import_qdq
     from segcompile.compile.integer_lowering import lower_to_integer
+    from segcompile.compile.tuning import database_for_core
 
     started = time.perf_counter()
     if not isinstance(profile, TargetProfile):
@@ -139,7 +140,8 @@ def run_compile(
         if core.kind == "dsp":
             continue
         with atomic_path(out_dir / core.name) as temp:
-            built = build_core(partitioned, core, temp)
+            database = database_for_core(profile.name, qdq_onnx, qdq.input_shape, core)
+            built = build_core(partitioned, core, temp, database=database)
         builds.append(_moved(built, out_dir / core.name))
 
     if dsp is not None and partition.subgraphs:

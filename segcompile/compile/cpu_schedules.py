@@ -1,0 +1,175 @@
+"""Hand-written CPU schedules for the fused kernels of the integer (and float) programs.
+
+Legalized Relax kernels are naive loop nests: every elementwise step of a fused kernel (bias add, int64
+fixed-point multiply, rounding shift, clip, cast) writes a full intermediate buffer, and the convolution
+runs one scalar multiply-add at a time. DLight has no CPU rules for convolutions, and MetaSchedule tuning
+costs minutes per kernel, so every kernel the tuning database does not cover gets this schedule:
+
+- inline every elementwise block into its consumer (one pass over memory instead of ten);
+- reductions (conv2d, depthwise conv, pooling): tile the output channels (unrolled, register blocking)
+  and the output width (vectorized: NEON on aarch64, SSE/AVX on x86 as the target allows), reduction loops
+  in between, the outer spatial loops fused and run in parallel;
+- other blocks: outer loops fused and parallel, innermost vectorized.
+
+Only loop structure changes, never the arithmetic of a value: integer kernels stay bit-identical to the
+unscheduled build (integer sums are exact in any order). Each step is tried on a copy of the schedule and
+dropped if TVM rejects it, so a kernel this does not fit keeps its default (correct) loop nest.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+# IterVar.iter_type values of TIR blocks.
+_SPATIAL, _REDUCE = 0, 2
+# Vector width candidates along the output width and register-block sizes along output channels.
+_WIDTH_TILES = (16, 8, 4)
+_CHANNEL_TILES = (8, 4, 2)
+# Set on a kernel this module scheduled (MetaSchedule's ApplyDatabase marks its own with tirx.is_scheduled).
+SCHEDULED_ATTR = "segcompile.hand_scheduled"
+
+
+def schedule_kernel(func):
+    """A scheduled copy of one legalized TIR kernel (``tirx.PrimFunc``); unchanged where nothing applies."""
+    import tvm
+    from tvm import s_tir
+
+    sch = s_tir.Schedule(tvm.IRModule({"main": func}))
+    outputs = {sch.get(b).name_hint for b in sch.get_output_blocks(sch.get_sblock("root"))}
+    for name in _block_names(sch):
+        block = sch.get_sblock(name)
+        # Padding stays a block of its own: inlined, it puts a bounds check into the innermost conv loop.
+        if name in outputs or _is_reduction(sch, block) or name.startswith("pad"):
+            continue
+        sch = _attempt(sch, lambda s, n=name: s.compute_inline(s.get_sblock(n)))
+    for name in _block_names(sch):
+        if name in outputs and _is_reduction(sch, sch.get_sblock(name)):
+            # A reduction writing the function's output is given a buffer of its own (copied out by a
+            # parallel, vectorized loop), so it is tiled the same way as a fused kernel's reduction.
+            sch = _attempt(sch, lambda s, n=name: s.cache_write(s.get_sblock(n), 0, "global"))
+    for name in _block_names(sch):
+        if _is_reduction(sch, sch.get_sblock(name)):
+            sch = _attempt(sch, lambda s, n=name: _tile_reduction(s, n))
+        else:
+            sch = _attempt(sch, lambda s, n=name: _parallel_vector(s, n))
+    return sch.mod["main"].with_attr(SCHEDULED_ATTR, True)
+
+
+def schedule_module_pass():
+    """A module pass scheduling every TIR kernel not already scheduled (by a tuning database or by us)."""
+    import tvm
+    from tvm import tirx
+
+    @tvm.transform.module_pass(opt_level=0, name="SegcompileCpuSchedules")
+    def _pass(mod, _ctx):
+        updates = {}
+        for gvar, func in mod.functions.items():
+            if not isinstance(func, tirx.PrimFunc) or _already_scheduled(func):
+                continue
+            updates[gvar] = schedule_kernel(func)
+        for gvar, func in updates.items():
+            mod[gvar] = func
+        return mod
+
+    return _pass
+
+
+def _already_scheduled(func) -> bool:
+    attrs = func.attrs or {}
+    return any(key in attrs for key in ("tirx.is_scheduled", "tir.is_scheduled", SCHEDULED_ATTR))
+
+
+def _block_names(sch) -> list[str]:
+    return [sch.get(b).name_hint for b in sch.get_child_blocks(sch.get_sblock("root"))]
+
+
+def _is_reduction(sch, block) -> bool:
+    return any(int(iv.iter_type) == _REDUCE for iv in sch.get(block).iter_vars)
+
+
+def _attempt(sch, step: Callable) -> object:
+    """``step`` applied to a copy of ``sch``; the original when TVM rejects the step."""
+    trial = sch.copy()
+    try:
+        step(trial)
+    except Exception:  # a ScheduleError (or TVMError) means: this primitive does not fit this kernel
+        return sch
+    return trial
+
+
+def _loops_by_kind(sch, name: str) -> tuple[list, list] | None:
+    """(spatial loops, reduction loops) of an unscheduled block (loop i binds iter var i), or None."""
+    block = sch.get_sblock(name)
+    loops = sch.get_loops(block)
+    iters = sch.get(block).iter_vars
+    if len(loops) != len(iters):
+        return None
+    spatial = [lp for lp, iv in zip(loops, iters, strict=True) if int(iv.iter_type) == _SPATIAL]
+    reduce = [lp for lp, iv in zip(loops, iters, strict=True) if int(iv.iter_type) == _REDUCE]
+    return spatial, reduce
+
+
+def _factor(sch, loop, candidates: tuple[int, ...]) -> int | None:
+    extent = int(sch.get(loop).extent)
+    return next((c for c in candidates if extent % c == 0 and extent > c), None)
+
+
+def _tile_reduction(sch, name: str) -> None:
+    split = _loops_by_kind(sch, name)
+    if split is None:
+        raise ValueError(f"{name}: already transformed")
+    spatial, reduce = split
+    if len(spatial) == 4 and reduce:
+        # NCHW conv/pool: n, channel, height, width -> n, c_o, h, w_o | reduce | c_i (unrolled), w_i (vector)
+        batch, channel, height, width = spatial
+        width_tile = _factor(sch, width, _WIDTH_TILES)
+        channel_tile = _factor(sch, channel, _CHANNEL_TILES)
+        if width_tile:
+            width_outer, width_inner = sch.split(width, [None, width_tile])
+        elif int(sch.get(width).extent) <= _WIDTH_TILES[0]:
+            # A narrow row (e.g. 10 at stride 16) is one vector as it is.
+            width_outer, width_inner = None, width
+        else:
+            width_outer, width_inner = width, None
+        channel_outer, channel_inner = (
+            sch.split(channel, [None, channel_tile]) if channel_tile else (channel, None)
+        )
+        inner = [lp for lp in (channel_inner, width_inner) if lp is not None]
+        outer = [lp for lp in (batch, channel_outer, height, width_outer) if lp is not None]
+        sch.reorder(*outer, *reduce, *inner)
+        # parallel() and vectorize() need the block still a reduction (with its init): they check for
+        # compact dataflow, which the update block alone no longer has once the init is split off.
+        sch.parallel(sch.fuse(batch, channel_outer, height))
+        if channel_inner is not None:
+            sch.unroll(channel_inner)
+        if width_inner is not None:
+            sch.vectorize(width_inner)
+        sch.decompose_reduction(sch.get_sblock(name), reduce[0])
+    elif len(spatial) >= 2 and reduce:
+        sch.reorder(*spatial[:-1], *reduce, spatial[-1])
+        sch.parallel(sch.fuse(*spatial[:2]) if len(spatial) > 2 else spatial[0])
+        _vectorize_inner(sch, spatial[-1])
+        sch.decompose_reduction(sch.get_sblock(name), reduce[0])
+    else:
+        raise ValueError(f"{name}: no spatial loops to parallelize")
+
+
+def _parallel_vector(sch, name: str) -> None:
+    loops = sch.get_loops(sch.get_sblock(name))
+    if len(loops) >= 3:
+        sch.parallel(sch.fuse(*loops[:2]))
+    elif len(loops) == 2:
+        sch.parallel(loops[0])
+    if loops:
+        _vectorize_inner(sch, loops[-1])
+
+
+def _vectorize_inner(sch, loop) -> None:
+    """Vectorize ``loop`` in chunks of a vector's width (a whole long loop would be one huge vector)."""
+    extent = int(sch.get(loop).extent)
+    if extent <= _WIDTH_TILES[0]:
+        sch.vectorize(loop)
+        return
+    factor = _factor(sch, loop, _WIDTH_TILES)
+    if factor is not None:
+        sch.vectorize(sch.split(loop, [None, factor])[1])

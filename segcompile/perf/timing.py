@@ -1,0 +1,96 @@
+"""Latency and memory measurement.
+
+Timing is *interleaved*: every repeat calls each runner once in turn, so load from other processes on a
+shared machine hits all runners alike and the ratios between them stay meaningful even when absolute
+times drift. Warm-up calls (first-call allocation, page faults, lazy initialisation) are excluded.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from segcompile.errors import SegcompileError
+
+
+@dataclass(frozen=True)
+class LatencyStats:
+    """Latency of one runner over ``repeats`` timed calls, in milliseconds."""
+
+    median_ms: float
+    min_ms: float
+    max_ms: float
+    repeats: int
+    warmup: int
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def time_interleaved(
+    runners: Mapping[str, Callable[[np.ndarray], object]],
+    data: np.ndarray,
+    warmup: int = 3,
+    repeats: int = 20,
+    progress: bool | None = None,
+) -> dict[str, LatencyStats]:
+    """Median latency of each runner on ``data``; the runners take turns within every repeat."""
+    if warmup < 0 or repeats < 1:
+        raise SegcompileError(f"timing: need warmup >= 0 and repeats >= 1, got {warmup} and {repeats}")
+    for _ in range(warmup):
+        for run in runners.values():
+            run(data)
+    samples: dict[str, list[float]] = {name: [] for name in runners}
+    bar = tqdm(
+        range(repeats), desc="timing", unit="round", disable=None if progress is None else not progress
+    )
+    for _ in bar:
+        for name, run in runners.items():
+            start = time.perf_counter()
+            run(data)
+            samples[name].append(time.perf_counter() - start)
+    return {
+        name: LatencyStats(
+            median_ms=round(1e3 * statistics.median(s), 4),
+            min_ms=round(1e3 * min(s), 4),
+            max_ms=round(1e3 * max(s), 4),
+            repeats=repeats,
+            warmup=warmup,
+        )
+        for name, s in samples.items()
+    }
+
+
+def status_mib(field: str) -> float:
+    """A memory field of /proc/self/status (VmRSS, VmHWM) in MiB."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024
+    raise SegcompileError(f"/proc/self/status has no {field} field (Linux only)")
+
+
+def reset_peak_rss() -> bool:
+    """Reset this process's peak RSS (VmHWM) to its current RSS; False where the kernel does not allow it."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        return False
+    return True
+
+
+def peak_rss_growth(step: Callable[[], object]) -> tuple[object, float | None]:
+    """Run ``step`` and return its result and how far the peak RSS rose above the RSS before it (MiB).
+
+    None when the peak cannot be reset (the growth would then include everything before).
+    """
+    if not reset_peak_rss():
+        return step(), None
+    before = status_mib("VmRSS")
+    result = step()
+    return result, round(status_mib("VmHWM") - before, 1)
