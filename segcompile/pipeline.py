@@ -240,6 +240,8 @@ def run_build(config: BuildConfig, echo: Callable[[str], None] = click.echo) -> 
         echo("[verify] skipped: no --eval data given")
 
     write_manifest(out, profile=profile, info=info, build=asdict(config))
+    if eval_set is not None:
+        echo(f"report: {out / 'report.html'} (also report.md, report.json)")
     echo(f"build folder: {out} (manifest: {out / MANIFEST_JSON})")
     if eval_set is not None and config.max_drop is not None:
         drop = result.report.get("miou_drop") if result.report else None
