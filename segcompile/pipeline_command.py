@@ -6,17 +6,12 @@ from pathlib import Path
 
 import click
 
+from segcompile.export.command import parse_size
 from segcompile.pipeline import BuildConfig, run_build
 
 
 def _parse_size(_ctx, _param, value: str | None) -> tuple[int, int] | None:
-    if value is None:
-        return None
-    try:
-        width, height = (int(part) for part in value.lower().split("x"))
-    except ValueError as exc:
-        raise click.BadParameter(f"{value!r}: expected WIDTHxHEIGHT, e.g. 512x256") from exc
-    return width, height
+    return None if value is None else parse_size(value)
 
 
 @click.command("build")
