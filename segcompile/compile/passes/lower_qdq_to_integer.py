@@ -579,16 +579,7 @@ class QdqToIntegerMutator(PyExprMutator):
         count = kh * kw
         if qp.zero_point:
             window_sum = bb.emit(relax.op.subtract(window_sum, const(qp.zero_point * count, "int32")))
-        return emit_requantize(
-            bb,
-            window_sum,
-            qp.scale / (out.scale * count),
-            out.zero_point,
-            lo,
-            hi,
-            out.dtype,
-            accumulator_bound=255 * count,
-        ), []
+        return _requantize_mean(bb, window_sum, qp, out, lo, hi, count), []
 
     def lower_mean(self, mean, out: TensorQuant, lo: int, hi: int):
         data, qp = self.activation(mean.args[0])
@@ -602,16 +593,21 @@ class QdqToIntegerMutator(PyExprMutator):
         bb = self.builder_
         wide = centered(bb, self.int_input(data), qp.zero_point, "int32")
         total = bb.emit(relax.op.sum(wide, axis=axes, keepdims=bool(mean.attrs.keepdims)))
-        return emit_requantize(
-            bb,
-            total,
-            qp.scale / (out.scale * count),
-            out.zero_point,
-            lo,
-            hi,
-            out.dtype,
-            accumulator_bound=255 * count,
-        ), []
+        return _requantize_mean(bb, total, qp, out, lo, hi, count), []
+
+
+def _requantize_mean(bb, total, qp, out: TensorQuant, lo: int, hi: int, count: int):
+    """Requantize a sum of ``count`` int8 values as their mean: the 1/count folds into the multiplier."""
+    return emit_requantize(
+        bb,
+        total,
+        qp.scale / (out.scale * count),
+        out.zero_point,
+        lo,
+        hi,
+        out.dtype,
+        accumulator_bound=255 * count,
+    )
 
 
 def lower_qdq_to_integer(mod: tvm.IRModule, log: LoweringLog | None = None) -> tvm.IRModule:
