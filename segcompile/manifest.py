@@ -65,6 +65,12 @@ def write_manifest(build_dir: Path, profile, info: ModelInfo, build: dict[str, A
             "channel_order": info.channel_order,
             "layout": info.layout,
         },
+        "output": {
+            "kind": info.output_kind,
+            "layout": info.output_layout,
+            "threshold": info.threshold if info.output_kind == "probability" else None,
+            "labels": "output > threshold" if info.output_kind == "probability" else "argmax over channels",
+        },
         "build": {key: (str(value) if isinstance(value, Path) else value) for key, value in build.items()},
         "files": file_inventory(build_dir),
     }

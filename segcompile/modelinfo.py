@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field
 
+import numpy as np
 import onnx
 
 from segcompile.errors import SegcompileError
@@ -18,6 +19,8 @@ METADATA_KEY = "segcompile"
 
 IMAGENET_MEAN = (123.675, 116.28, 103.53)
 IMAGENET_STD = (58.395, 57.12, 57.375)
+# Class names of a one-channel probability model that does not name its foreground.
+BINARY_CLASS_NAMES = ("background", "foreground")
 
 
 @dataclass(frozen=True)
@@ -32,7 +35,8 @@ class ModelInfo:
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
     channel_order: str = "RGB"
-    layout: str = "NCHW"
+    layout: str = "NCHW"  # of the input tensor
+    output_layout: str = "NCHW"  # of the output tensor (models converted from TensorFlow often give NHWC)
     # "logits": argmax over channels; "probability": one channel compared with `threshold`.
     output_kind: str = "logits"
     threshold: float = 0.5
@@ -42,6 +46,13 @@ class ModelInfo:
     def input_shape(self) -> tuple[int, int, int, int]:
         width, height = self.input_size
         return (1, 3, height, width) if self.layout == "NCHW" else (1, height, width, 3)
+
+    def output_as_nchw(self, output: np.ndarray) -> np.ndarray:
+        """The model's 4-D output in NCHW order, whatever layout the model itself gives."""
+        output = np.asarray(output)
+        if self.output_layout == "NHWC" and output.ndim == 4:
+            return output.transpose(0, 3, 1, 2)
+        return output
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)

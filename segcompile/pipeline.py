@@ -20,6 +20,7 @@ import click
 
 from segcompile.artifacts import sha256_file, write_json_atomic
 from segcompile.errors import SegcompileError
+from segcompile.export.input_contract import InputContract
 from segcompile.manifest import MANIFEST_JSON, write_manifest
 
 STAGES_JSON = "stages.json"
@@ -36,6 +37,8 @@ class BuildConfig:
     eval: str | None = None
     checkpoint: str | None = None
     input_size: tuple[int, int] | None = None
+    input_shape: tuple[int, int, int, int] | None = None
+    contract: InputContract = field(default_factory=InputContract)
     scheme: str | None = None  # overrides the target profile's quantization scheme
     method: str = "minmax"
     calib_frames: int = 32
@@ -148,6 +151,8 @@ def run_build(config: BuildConfig, echo: Callable[[str], None] = click.echo) -> 
         model=config.model,
         checkpoint=config.checkpoint,
         input_size=config.input_size,
+        input_shape=config.input_shape,
+        contract=config.contract,
         seed=config.seed,
         sample_image=first.image,
         sample_name=first.name,

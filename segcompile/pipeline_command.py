@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from segcompile.export.command import parse_size
+from segcompile.export.contract_options import contract_from_options, input_contract_options
 from segcompile.pipeline import BuildConfig, run_build
 
 
@@ -86,6 +87,7 @@ def _parse_size(_ctx, _param, value: str | None) -> tuple[int, int] | None:
 )
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--force", is_flag=True, help="Re-run every stage even if its inputs are unchanged.")
+@input_contract_options
 def build(
     model,
     checkpoint,
@@ -104,8 +106,10 @@ def build(
     int8_runner,
     seed,
     force,
+    **contract_options,
 ) -> None:
     """Export, quantize, compile and verify MODEL for TARGET into one build folder."""
+    contract, input_shape = contract_from_options(contract_options)
     config = BuildConfig(
         model=model,
         checkpoint=checkpoint,
@@ -114,6 +118,8 @@ def build(
         eval=eval_spec,
         out=out,
         input_size=input_size,
+        input_shape=input_shape,
+        contract=contract,
         scheme=scheme,
         method=method,
         calib_frames=calib_frames,

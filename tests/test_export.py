@@ -304,7 +304,8 @@ def test_onnx_input_is_fixed_to_the_size_renamed_and_keeps_its_numbers(tmp_path,
 def test_onnx_input_with_dynamic_size_needs_input_size(tmp_path):
     source = tmp_path / "foreign.onnx"
     foreign_onnx(source, num_classes=5)
-    with pytest.raises(SegcompileError, match="dynamic size; give --input-size"):
+    expected = r"dynamic dimensions \(height 'h', width 'w'\): give --input-shape 1,3,H,W \(or --input-size"
+    with pytest.raises(SegcompileError, match=expected):
         run_export(ExportConfig(model=str(source)), tmp_path / "build")
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from segcompile.errors import SegcompileError
+from segcompile.export.contract_options import contract_from_options, input_contract_options
 
 _SIZE_PATTERN = re.compile(r"^\s*(\d+)\s*[xX]\s*(\d+)\s*$")
 
@@ -38,11 +39,14 @@ def parse_size(text: str, option: str = "--input-size") -> tuple[int, int]:
               help="Dataset spec (e.g. demo:calib); its first frame is the torch-vs-onnxruntime check input.")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="Build folder to write float.onnx and export.json into.")
+@input_contract_options
 def export(
     model: str | None, checkpoint: str | None, factory: str | None, input_size: str | None,
     num_classes: int | None, opset: int | None, seed: int, calib: str | None, out_dir: Path,
+    **contract_options,
 ) -> None:
     """Export a segmentation network to a checked, simplified float ONNX model."""
+    contract, input_shape = contract_from_options(contract_options)
     # Heavy imports (torch, onnx) only when the command runs, so `segcompile --help` stays fast.
     from segcompile.export.config import DEFAULT_OPSET, ExportConfig
     from segcompile.export.stage import run_export
@@ -58,7 +62,8 @@ def export(
         sample_image, sample_name = frame.image, f"{calib}:{frame.name}"
     config = ExportConfig(
         model=model, checkpoint=checkpoint, factory=factory,
-        input_size=parse_size(input_size) if input_size else None, num_classes=num_classes,
+        input_size=parse_size(input_size) if input_size else None, input_shape=input_shape,
+        contract=contract, num_classes=num_classes,
         opset=DEFAULT_OPSET if opset is None else opset, seed=seed,
         sample_image=sample_image, sample_name=sample_name,
     )

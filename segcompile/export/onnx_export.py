@@ -83,20 +83,40 @@ def export_torch(module: nn.Module, example: np.ndarray, opset: int, what: str) 
     return result
 
 
-def prepare_onnx_input(
-    model: onnx.ModelProto, input_size: tuple[int, int] | None, source: str,
-) -> onnx.ModelProto:
-    """Give an ONNX model the stage's contract: one static 1x3xHxW input ``input``, one output ``logits``.
+@dataclass(frozen=True)
+class PreparedInput:
+    """An ONNX model given the stage's input contract, and the layout its input turned out to have."""
 
-    Symbolic input dimensions are fixed from ``input_size`` (batch 1); a static size that
-    contradicts ``input_size`` is an error rather than a silent reshape.
+    model: onnx.ModelProto
+    layout: str  # NCHW | NHWC
+    input_size: tuple[int, int]  # (width, height)
+    notes: tuple[str, ...] = ()
+
+
+def prepare_onnx_input(
+    model: onnx.ModelProto,
+    input_size: tuple[int, int] | None,
+    source: str,
+    *,
+    input_shape: tuple[int, int, int, int] | None = None,
+    layout: str | None = None,
+) -> PreparedInput:
+    """Give an ONNX model the stage's contract: one static image input ``input``, one output ``logits``.
+
+    The input is 1x3xHxW (NCHW) or 1xHxWx3 (NHWC, as TensorFlow exports give). Symbolic
+    dimensions are fixed from ``input_shape`` (or ``input_size``, batch 1); a static dimension
+    that contradicts them is an error rather than a silent reshape, and a dynamic one left open
+    is an error naming the input.
     """
     model = _copy(model)
     graph = model.graph
     initializers = {tensor.name for tensor in graph.initializer}
     inputs = [value for value in graph.input if value.name not in initializers]
     if len(inputs) != 1:
-        raise SegcompileError(f"{source}: expected exactly one image input, found {len(inputs)}")
+        raise SegcompileError(
+            f"{source}: expected exactly one image input, found {len(inputs)}: "
+            + ", ".join(value.name for value in inputs)
+        )
     if len(graph.output) != 1:
         raise SegcompileError(
             f"{source}: expected exactly one output (the logits), found {len(graph.output)}: "
@@ -107,26 +127,56 @@ def prepare_onnx_input(
         raise SegcompileError(f"{source}: input {image.name!r} must be float32")
     dims = list(image.type.tensor_type.shape.dim)
     if len(dims) != 4:
-        raise SegcompileError(f"{source}: input {image.name!r} must be NCHW (rank 4), has rank {len(dims)}")
-    static = [dim.dim_value if dim.HasField("dim_value") else None for dim in dims]
-    batch, channels, height, width = static
-    if channels not in (3, None):
         raise SegcompileError(
-            f"{source}: input {image.name!r} has {channels} channels; expected 3 (NCHW RGB)"
+            f"{source}: input {image.name!r} must be an image batch (rank 4, NCHW or NHWC), "
+            f"has rank {len(dims)}"
         )
-    if batch not in (1, None):
-        raise SegcompileError(f"{source}: input {image.name!r} has batch {batch}; expected 1")
-    if input_size is not None:
-        want_width, want_height = input_size
-        if (width not in (None, want_width)) or (height not in (None, want_height)):
+    static = [dim.dim_value if dim.HasField("dim_value") and dim.dim_value > 0 else None for dim in dims]
+    symbols = [dim.dim_param or "?" for dim in dims]
+    layout = layout or _layout_of(static, input_shape)
+    channel_axis, height_axis, width_axis = (1, 2, 3) if layout == "NCHW" else (3, 1, 2)
+    if static[channel_axis] not in (3, None):
+        raise SegcompileError(
+            f"{source}: input {image.name!r} has {static[channel_axis]} channels on axis {channel_axis} "
+            f"({layout}); expected 3 colour channels"
+            + ("" if layout == "NHWC" else " (for a channels-last model give --layout NHWC)")
+        )
+    if static[0] not in (1, None):
+        raise SegcompileError(f"{source}: input {image.name!r} has batch {static[0]}; expected 1")
+    wanted = [None, None, None, None]
+    wanted[0], wanted[channel_axis] = 1, 3
+    if input_shape is not None:
+        if input_shape[channel_axis] != 3:
             raise SegcompileError(
-                f"{source}: input is fixed at {width}x{height}; --input-size {want_width}x{want_height} "
-                "does not match (resizing a static ONNX graph is not supported)"
+                f"--input-shape {','.join(map(str, input_shape))}: a {layout} input has its 3 channels on "
+                f"axis {channel_axis}"
             )
-        width, height = want_width, want_height
-    if width is None or height is None:
-        raise SegcompileError(f"{source}: input {image.name!r} has a dynamic size; give --input-size WxH")
-    for dim, value in zip(dims, (1, 3, height, width), strict=True):
+        wanted = list(input_shape)
+    elif input_size is not None:
+        wanted[width_axis], wanted[height_axis] = input_size
+    given = ",".join(str(v) for v in input_shape) if input_shape else None
+    for axis, (have, want) in enumerate(zip(static, wanted, strict=True)):
+        if have is not None and want is not None and have != want:
+            option = f"--input-shape {given}" if given else f"--input-size {input_size[0]}x{input_size[1]}"
+            raise SegcompileError(
+                f"{source}: input {image.name!r} is fixed at {_shape_text(static, symbols)}; {option} "
+                f"contradicts axis {axis} (resizing a static ONNX graph is not supported)"
+            )
+    final = [want if want is not None else have for have, want in zip(static, wanted, strict=True)]
+    notes = []
+    if static[0] is None and input_shape is None:
+        final[0] = 1
+        notes.append(f"fixed the dynamic batch dimension {symbols[0]!r} of input {image.name!r} to 1")
+    open_axes = [axis for axis, value in enumerate(final) if value is None]
+    if open_axes:
+        names = ", ".join(f"{('batch', 'channels', 'height', 'width')[_role(axis, layout)]} {symbols[axis]!r}"
+                          for axis in open_axes)
+        example = "1,3,H,W" if layout == "NCHW" else "1,H,W,3"
+        raise SegcompileError(
+            f"{source}: input {image.name!r} has dynamic dimensions ({names}): give --input-shape {example} "
+            "(or --input-size WxH)"
+        )
+    for dim, value in zip(dims, final, strict=True):
         dim.Clear()
         dim.dim_value = value
     mapping = {}
@@ -138,7 +188,29 @@ def prepare_onnx_input(
     rename_values(graph, mapping)
     # Shapes recorded for the old dynamic input may now be stale; shape inference will refill them.
     del graph.value_info[:]
-    return model
+    for output in graph.output:
+        for dim in output.type.tensor_type.shape.dim:
+            if not dim.HasField("dim_value"):
+                dim.Clear()
+    return PreparedInput(model, layout, (final[width_axis], final[height_axis]), tuple(notes))
+
+
+def _layout_of(static: list[int | None], input_shape: tuple[int, int, int, int] | None) -> str:
+    """NCHW unless the input (or the shape the user gave) has its 3 channels last only."""
+    shape = input_shape or static
+    if shape[3] == 3 and shape[1] != 3:
+        return "NHWC"
+    return "NCHW"
+
+
+def _role(axis: int, layout: str) -> int:
+    """Index into (batch, channels, height, width) of ``axis`` in ``layout``."""
+    return axis if layout == "NCHW" else (0, 2, 3, 1)[axis]
+
+
+def _shape_text(static: list[int | None], symbols: list[str]) -> str:
+    pairs = zip(static, symbols, strict=True)
+    return "x".join(str(value) if value is not None else symbol for value, symbol in pairs)
 
 
 def simplify_and_check(

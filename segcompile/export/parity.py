@@ -84,6 +84,7 @@ def synthetic_image(width: int, height: int) -> np.ndarray:
 
 
 def _labels(logits: np.ndarray, info: ModelInfo) -> np.ndarray:
+    logits = info.output_as_nchw(logits)
     if logits.shape[1] == 1:
         threshold = info.threshold if info.output_kind == "probability" else 0.0
         return logits[:, 0] > threshold

@@ -20,15 +20,18 @@ import torch
 from segcompile import __version__
 from segcompile.artifacts import sha256_file, write_bytes_atomic, write_json_atomic
 from segcompile.errors import SegcompileError
-from segcompile.export.config import MIN_OPSET, ExportConfig
+from segcompile.export.config import DEFAULT_OPSET, MIN_OPSET, ExportConfig
 from segcompile.export.onnx_export import (
     OUTPUT_NAME,
+    PreparedInput,
     export_torch,
     opset_of,
     prepare_onnx_input,
     simplify_and_check,
     value_shape,
 )
+from segcompile.export.operator_support import check_operators
+from segcompile.export.opset_upgrade import upgrade_opset
 from segcompile.export.parity import (
     ParityReport,
     compare_logits,
@@ -36,6 +39,7 @@ from segcompile.export.parity import (
     synthetic_image,
     torch_logits,
 )
+from segcompile.export.resize_inputs import omit_empty_resize_inputs
 from segcompile.export.source import (
     CHECKPOINT_SUFFIXES,
     ONNX_SUFFIXES,
@@ -43,7 +47,13 @@ from segcompile.export.source import (
     TorchSource,
     resolve_source,
 )
-from segcompile.modelinfo import METADATA_KEY, ModelInfo, attach_model_info, read_model_info
+from segcompile.modelinfo import (
+    BINARY_CLASS_NAMES,
+    METADATA_KEY,
+    ModelInfo,
+    attach_model_info,
+    read_model_info,
+)
 
 FLOAT_ONNX = "float.onnx"
 EXPORT_JSON = "export.json"
@@ -136,6 +146,8 @@ def export_fingerprint(config: ExportConfig) -> str:
     fields = {
         "model": config.model, "checkpoint": config.checkpoint, "factory": config.factory,
         "input_size": list(config.input_size) if config.input_size else None,
+        "input_shape": list(config.input_shape) if config.input_shape else None,
+        "contract": config.contract.to_dict(),
         "num_classes": config.num_classes, "opset": config.opset, "seed": config.seed,
         "sample_name": config.sample_name, "versions": _versions(), "segcompile": __version__,
     }
@@ -165,7 +177,12 @@ def is_up_to_date(config: ExportConfig, out_dir: Path | str) -> bool:
 
 
 def _from_torch(source: TorchSource, config: ExportConfig) -> _Exported:
-    info = source.info
+    if config.contract.layout not in (None, "NCHW") or config.input_shape is not None:
+        raise SegcompileError(
+            "--layout/--input-shape describe an ONNX file's input; a torch model is exported NCHW at "
+            "--input-size WxH"
+        )
+    info = config.contract.apply(source.info)
     batch, input_source = _sample_batch(config, info)
     what = f"model {info.name}"
     exported = export_torch(source.module, batch, config.opset, what)
@@ -188,29 +205,41 @@ def _from_torch(source: TorchSource, config: ExportConfig) -> _Exported:
 
 def _from_onnx(source: OnnxSource, config: ExportConfig) -> _Exported:
     where = str(source.path)
-    prepared = prepare_onnx_input(source.model, config.input_size, where)
     notes = []
-    if opset_of(prepared) < MIN_OPSET:
-        # A later issue adds opset upgrades (onnx.version_converter); until then say what is wrong.
-        raise SegcompileError(f"{where}: opset {opset_of(prepared)} is below the minimum {MIN_OPSET}")
-    nodes_before = len(prepared.graph.node)
-    model = simplify_and_check(prepared, where, tensor_names=False)
-    info = _onnx_model_info(model, source, config)
-    attach_model_info(model, info)
+    original_opset = opset_of(source.model)
+    wanted_opset = DEFAULT_OPSET if original_opset < MIN_OPSET else original_opset
+    model = upgrade_opset(source.model, wanted_opset, where)
+    if original_opset < MIN_OPSET:
+        notes.append(f"upgraded opset {original_opset} -> {DEFAULT_OPSET} with onnx's version converter")
+    check_operators(model, where)
+    prepared = prepare_onnx_input(
+        model, config.input_size, where, input_shape=config.input_shape, layout=config.contract.layout,
+    )
+    notes.extend(prepared.notes)
+    nodes_before = len(prepared.model.graph.node)
+    simplified = simplify_and_check(prepared.model, where, tensor_names=False)
+    if omit_empty_resize_inputs(simplified):
+        notes.append("left out the empty roi/scales inputs of Resize (older exporters write empty tensors)")
+    info = config.contract.apply(_onnx_model_info(simplified, source, config, prepared))
+    attach_model_info(simplified, info)
     batch, input_source = _sample_batch(config, info)
-    reference = onnxruntime_logits(prepared.SerializeToString(), batch, where)
-    candidate = onnxruntime_logits(model.SerializeToString(), batch, f"{where} (simplified)")
+    reference = onnxruntime_logits(prepared.model.SerializeToString(), batch, where)
+    candidate = onnxruntime_logits(simplified.SerializeToString(), batch, f"{where} (simplified)")
     parity = compare_logits(
         reference, candidate, info, reference_name="onnxruntime (input model)",
         candidate_name="onnxruntime (float.onnx)", input_source=input_source,
     )
-    return _Exported(model, info, parity, "none (ONNX input)", nodes_before, tuple(notes))
+    return _Exported(simplified, info, parity, "none (ONNX input)", nodes_before, tuple(notes))
 
 
-def _onnx_model_info(model: onnx.ModelProto, source: OnnxSource, config: ExportConfig) -> ModelInfo:
+def _onnx_model_info(
+    model: onnx.ModelProto, source: OnnxSource, config: ExportConfig, prepared: PreparedInput,
+) -> ModelInfo:
     """The input model's own segcompile metadata, else one built from the graph and the options."""
-    width, height = value_shape(model.graph.input[0])[3], value_shape(model.graph.input[0])[2]
-    channels = value_shape(model.graph.output[0])[1]
+    width, height = prepared.input_size
+    output_shape = value_shape(model.graph.output[0])
+    output_layout = _output_layout(output_shape, prepared)
+    channels = output_shape[1] if output_layout == "NCHW" else output_shape[3]
     where = str(source.path)
     if any(prop.key == METADATA_KEY for prop in model.metadata_props):
         stored = read_model_info(model, where)
@@ -226,7 +255,7 @@ def _onnx_model_info(model: onnx.ModelProto, source: OnnxSource, config: ExportC
         return stored
     if channels == 1:
         # One output channel is a foreground probability map (e.g. text or person segmentation).
-        num_classes, class_names, kind = 2, ("background", "foreground"), "probability"
+        num_classes, class_names, kind = 2, BINARY_CLASS_NAMES, "probability"
     else:
         num_classes, class_names, kind = channels, tuple(f"class_{i}" for i in range(channels)), "logits"
     if config.num_classes is not None and config.num_classes != num_classes:
@@ -235,9 +264,23 @@ def _onnx_model_info(model: onnx.ModelProto, source: OnnxSource, config: ExportC
             f"but the output {OUTPUT_NAME!r} has {channels} channels"
         )
     return ModelInfo(
-        name=source.path.stem, num_classes=num_classes,
-        input_size=(width, height), class_names=class_names, output_kind=kind,
+        name=source.path.stem, num_classes=num_classes, input_size=(width, height), class_names=class_names,
+        layout=prepared.layout, output_layout=output_layout, output_kind=kind,
     )
+
+
+def _output_layout(shape: list[int], prepared: PreparedInput) -> str:
+    """Where the class channels of a 1x?x?x? output are.
+
+    An output at the input's resolution says it by where H and W sit; an output at a lower
+    resolution (stride-4 logits) is taken to follow the input's layout.
+    """
+    width, height = prepared.input_size
+    if shape[2:] == [height, width]:
+        return "NCHW"
+    if shape[1:3] == [height, width]:
+        return "NHWC"
+    return prepared.layout
 
 
 def _sample_batch(config: ExportConfig, info: ModelInfo) -> tuple[np.ndarray, str]:
@@ -259,6 +302,8 @@ def _validate(config: ExportConfig) -> None:
         width, height = config.input_size
         if width < 1 or height < 1:
             raise SegcompileError(f"--input-size {width}x{height}: width and height must be positive")
+    if config.input_shape is not None and config.input_size is not None:
+        raise SegcompileError("--input-shape and --input-size both give the input size; pass one of them")
     if config.num_classes is not None and config.num_classes < 1:
         raise SegcompileError(f"--num-classes {config.num_classes}: must be at least 1")
     if config.opset < MIN_OPSET:

@@ -100,7 +100,7 @@ def predict_labels(output: np.ndarray, info: ModelInfo, source: str = "model") -
     and int8 are treated alike). ``probability`` models (one channel): foreground where the value
     is strictly greater than ``info.threshold``.
     """
-    out = np.asarray(output)
+    out = info.output_as_nchw(np.asarray(output))
     if out.ndim == 4:
         if out.shape[0] != 1:
             raise SegcompileError(f"{source}: expected batch 1, got output shape {out.shape}")
