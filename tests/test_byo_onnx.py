@@ -261,3 +261,50 @@ def test_a_one_channel_probability_model_is_thresholded(byo_dir, duck_masks):
     assert manifest["output"] == {
         "kind": "probability", "layout": "NCHW", "threshold": 0.5, "labels": "output > threshold",
     }
+
+
+# ---- Resize as each opset writes it, through the integer path -----------------------------------------
+
+class ThreeResizes(nn.Module):
+    """Nearest (asymmetric/floor), bilinear half-pixel and, from opset 11, bilinear align-corners."""
+
+    def __init__(self, align_corners: bool) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.align_corners = align_corners
+        self.stem = nn.Sequential(nn.Conv2d(3, 8, 3, stride=4, padding=1), nn.ReLU())
+        self.classifier = nn.Conv2d(8, 3, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        interpolate = nn.functional.interpolate
+        x = interpolate(self.stem(x), scale_factor=2.0, mode="nearest")
+        x = interpolate(x, scale_factor=2.0, mode="bilinear", align_corners=False)
+        logits = self.classifier(x)
+        if self.align_corners:
+            return interpolate(logits, size=(32, 48), mode="bilinear", align_corners=True)
+        return logits
+
+
+@pytest.mark.parametrize("opset", [10, 11, 13])
+def test_resize_from_each_opset_runs_as_integer_code_within_one_lsb_of_onnxruntime(opset, tmp_path):
+    from segcompile.compile import HostModule, build_for_host, import_qdq, lower_to_integer
+    from segcompile.quantize.stage import QuantizeConfig, run_quantize
+
+    model = ThreeResizes(align_corners=opset >= 11)
+    source = export_legacy(model, tmp_path / f"resize{opset}.onnx", opset=opset)
+    run_export(ExportConfig(model=str(source), input_shape=(1, 3, 32, 48)), tmp_path)
+    info = read_model_info(onnx.load(tmp_path / "float.onnx"))
+    frames = [preprocess(open_dataset("demo:calib")[i].image, info) for i in range(4)]
+    result = run_quantize(QuantizeConfig(frames=4), tmp_path / "float.onnx", frames, tmp_path)
+    module, report = lower_to_integer(import_qdq(result.qdq_onnx))
+    resizes = [name for name, op in report.integer_nodes if op == "Resize"]
+    assert len(resizes) == (3 if opset >= 11 else 2), report.float_nodes
+    library = HostModule(build_for_host(module, tmp_path / "host"))
+    session = ort.InferenceSession(str(result.qdq_onnx), providers=["CPUExecutionProvider"])
+    qdq = onnx.load(result.qdq_onnx)
+    output_dq = next(n for n in qdq.graph.node if n.output[0] == qdq.graph.output[0].name)
+    scale = onnx.numpy_helper.to_array(next(i for i in qdq.graph.initializer if i.name == output_dq.input[1]))
+    frame = preprocess(open_dataset("demo:eval")[0].image, info)
+    ours = library(frame) / scale
+    theirs = session.run(None, {"input": frame})[0] / scale
+    assert np.mean(np.abs(ours - theirs) <= 1.0 + 1e-3) >= 0.999

@@ -39,7 +39,7 @@ from segcompile.export.parity import (
     synthetic_image,
     torch_logits,
 )
-from segcompile.export.resize_inputs import omit_empty_resize_inputs
+from segcompile.export.resize_inputs import omit_unused_resize_inputs
 from segcompile.export.source import (
     CHECKPOINT_SUFFIXES,
     ONNX_SUFFIXES,
@@ -56,6 +56,9 @@ from segcompile.modelinfo import (
 )
 
 FLOAT_ONNX = "float.onnx"
+# Largest output difference, relative to the output's magnitude, accepted between an ONNX file as
+# given and the float.onnx made from it (both run by onnxruntime; float reassociation only).
+PARITY_RTOL = 1e-4
 EXPORT_JSON = "export.json"
 
 
@@ -218,17 +221,26 @@ def _from_onnx(source: OnnxSource, config: ExportConfig) -> _Exported:
     notes.extend(prepared.notes)
     nodes_before = len(prepared.model.graph.node)
     simplified = simplify_and_check(prepared.model, where, tensor_names=False)
-    if omit_empty_resize_inputs(simplified):
-        notes.append("left out the empty roi/scales inputs of Resize (older exporters write empty tensors)")
+    if omit_unused_resize_inputs(simplified):
+        notes.append("left out Resize inputs that do not apply (roi, empty scales), as TVM needs")
     info = config.contract.apply(_onnx_model_info(simplified, source, config, prepared))
     attach_model_info(simplified, info)
     batch, input_source = _sample_batch(config, info)
-    reference = onnxruntime_logits(prepared.model.SerializeToString(), batch, where)
+    # The reference is the file as given (old opset, dynamic axes): the upgrade, the fixed shape and
+    # the simplification are all checked against it.
+    reference = onnxruntime_logits(source.model.SerializeToString(), batch, where)
     candidate = onnxruntime_logits(simplified.SerializeToString(), batch, f"{where} (simplified)")
     parity = compare_logits(
         reference, candidate, info, reference_name="onnxruntime (input model)",
         candidate_name="onnxruntime (float.onnx)", input_source=input_source,
     )
+    tolerance = PARITY_RTOL * max(1.0, float(np.abs(reference).max()))
+    if parity.max_abs_diff > tolerance:
+        # Upgrading, fixing shapes and simplifying must not change what the model computes.
+        raise SegcompileError(
+            f"{where}: after opset upgrade and simplification the model's output differs from the file's "
+            f"(max |diff| {parity.max_abs_diff:.3g} > {tolerance:.3g}); please report this model"
+        )
     return _Exported(simplified, info, parity, "none (ONNX input)", nodes_before, tuple(notes))
 
 
