@@ -4,13 +4,14 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 SYSROOT_STAMP := .cache/aarch64/.ready
+MODELS_STAMP  := .cache/models/.ready
 DEMO_MODEL := demo_mobilenetv2s16_deeplabv3lite_160x128
 DEMO_OUT   := build/demo
 PYTEST_ARGS ?=
 
 .PHONY: setup demo test test-quick lint train-demo demo-data bench clean
 
-setup: $(STAMP) $(SYSROOT_STAMP)
+setup: $(STAMP) $(SYSROOT_STAMP) $(MODELS_STAMP)
 
 # torch is installed first and pinned: an unpinned torch resolves to a multi-GB CUDA build.
 $(STAMP): pyproject.toml
@@ -23,6 +24,10 @@ $(STAMP): pyproject.toml
 # Cross compilers and an aarch64 Python under qemu-user, to build for and run on the boards' ARM cores.
 $(SYSROOT_STAMP): scripts/setup-aarch64-sysroot.sh | $(STAMP)
 	bash scripts/setup-aarch64-sysroot.sh
+
+# Third-party ONNX files (e.g. PaddlePaddle's PP-OCRv4 detector) that the bring-your-own-ONNX tests compile.
+$(MODELS_STAMP): scripts/fetch-third-party-models.sh | $(STAMP)
+	bash scripts/fetch-third-party-models.sh
 
 demo: setup
 	$(BIN)/segcompile build --model $(DEMO_MODEL) --target tda4vm \

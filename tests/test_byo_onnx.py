@@ -308,3 +308,32 @@ def test_resize_from_each_opset_runs_as_integer_code_within_one_lsb_of_onnxrunti
     ours = library(frame) / scale
     theirs = session.run(None, {"input": frame})[0] / scale
     assert np.mean(np.abs(ours - theirs) <= 1.0 + 1e-3) >= 0.999
+
+
+# ---- a real third-party model: PaddlePaddle's PP-OCRv4 text detector -------------------------------------
+
+PP_OCR_DET = Path(__file__).resolve().parents[1] / ".cache" / "models" / "ch_PP-OCRv4_det_infer.onnx"
+
+
+@pytest.mark.slow
+def test_paddle_pp_ocr_text_detector_compiles_and_verifies(tmp_path):
+    """paddle2onnx, opset 12, dynamic axes, HardSigmoid SE blocks, unfused BN, ConvTranspose, Sigmoid."""
+    from text_scenes import write_text_scenes
+
+    assert PP_OCR_DET.is_file(), f"{PP_OCR_DET} missing: run `make setup` (fetch-third-party-models.sh)"
+    calib, evaluation = write_text_scenes(tmp_path / "text", 48)
+    config = BuildConfig(
+        model=str(PP_OCR_DET), target="host", calib=calib, eval=evaluation, out=tmp_path / "build",
+        calib_frames=16, input_shape=(1, 3, 128, 160),
+        # PaddleOCR feeds OpenCV's BGR frames and binarises the probability map at 0.3.
+        contract=InputContract(channel_order="BGR", threshold=0.3),
+    )
+    run_build(config, echo=lambda _line: None)
+    report = json.loads((tmp_path / "build" / "report.json").read_text())
+    assert [row["name"] for row in report["per_class"]] == ["background", "text"]
+    text = report["per_class"][1]
+    assert text["float_iou"] > 40.0  # the detector finds the rendered words
+    assert abs(report["miou_drop"]) < 2.0
+    assert report["pixel_agreement"] > 97.0
+    export_record = json.loads((tmp_path / "build" / "export.json").read_text())
+    assert any("upgraded opset 12 -> 18" in note for note in export_record["notes"])

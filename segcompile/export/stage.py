@@ -21,6 +21,7 @@ from segcompile import __version__
 from segcompile.artifacts import sha256_file, write_bytes_atomic, write_json_atomic
 from segcompile.errors import SegcompileError
 from segcompile.export.config import DEFAULT_OPSET, MIN_OPSET, ExportConfig
+from segcompile.export.constant_nodes import constant_nodes_to_initializers
 from segcompile.export.onnx_export import (
     OUTPUT_NAME,
     PreparedInput,
@@ -221,6 +222,7 @@ def _from_onnx(source: OnnxSource, config: ExportConfig) -> _Exported:
     notes.extend(prepared.notes)
     nodes_before = len(prepared.model.graph.node)
     simplified = simplify_and_check(prepared.model, where, tensor_names=False)
+    constant_nodes_to_initializers(simplified)
     if omit_unused_resize_inputs(simplified):
         notes.append("left out Resize inputs that do not apply (roi, empty scales), as TVM needs")
     info = config.contract.apply(_onnx_model_info(simplified, source, config, prepared))
