@@ -141,3 +141,18 @@ def build_identity(build_dir: Path) -> dict[str, Any]:
     if isinstance(model, dict):
         model = model.get("name")
     return {"target": target, "model": model}
+
+
+def lowering_summary(build_dir: Path) -> dict[str, Any] | None:
+    """What compile.json says ran as integer code and which ONNX nodes stayed float (with why)."""
+    lowering = (read_json(build_dir / "compile.json") or {}).get("lowering")
+    if not isinstance(lowering, dict):
+        return None
+    return {
+        "integer_ops": lowering.get("integer_ops"),
+        "float_ops": lowering.get("float_ops"),
+        "float_nodes": [
+            {"name": node.get("name"), "op_type": node.get("op_type"), "reason": node.get("reason")}
+            for node in lowering.get("float_nodes") or []
+        ],
+    }

@@ -114,6 +114,16 @@ def to_html(report: dict[str, Any], build_dir: Path) -> str:
                                        len(class_names), sample["name"])
             parts.append(img_tag(strip, f"sample {sample['name']}"))
 
+    lowering = report.get("integer_lowering")
+    if lowering:
+        float_nodes = lowering.get("float_nodes") or []
+        parts.append("<h2>Integer code</h2>")
+        parts.append(f"<p>{lowering.get('integer_ops')} operators run as integer code; "
+                     f"{len(float_nodes)} stay float on the ARM core.</p>")
+        if float_nodes:
+            rows = [[node["name"], node["op_type"], node["reason"]] for node in float_nodes]
+            parts.append(_table(["node", "operator", "why it stays float"], rows, numeric_from=3))
+
     parts.append("<h2>Timings</h2>")
     parts.append(_table(["stage", "seconds"], [[k, fmt(v, 3)] for k, v in report.get("timings", {}).items()]))
     parts.append("<h2>Frames</h2>")

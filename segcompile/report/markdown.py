@@ -125,6 +125,16 @@ def to_markdown(report: dict[str, Any]) -> str:
         lines += ["quant_params.json has no per-tensor SQNR."]
     lines += [""]
 
+    lowering = report.get("integer_lowering")
+    if lowering:
+        lines += ["## Integer code", ""]
+        float_nodes = lowering.get("float_nodes") or []
+        lines += [f"{lowering.get('integer_ops')} operators run as integer code; "
+                  f"{len(float_nodes)} stay float on the ARM core" + (":" if float_nodes else "."), ""]
+        if float_nodes:
+            rows = [[node["name"], node["op_type"], node["reason"]] for node in float_nodes]
+            lines += _table(["node", "operator", "why it stays float"], rows) + [""]
+
     lines += ["## Timings (s)", ""]
     timings = [[k, fmt(v, 3)] for k, v in report.get("timings", {}).items()]
     lines += _table(["stage", "seconds"], timings) + [""]
