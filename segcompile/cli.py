@@ -69,6 +69,9 @@ def _register_commands() -> None:
     from segcompile.data.command import subset
 
     main.add_command(subset)
+    from segcompile.sweep.command import sweep
+
+    main.add_command(sweep)
 
 
 _register_commands()

@@ -8,7 +8,7 @@ int8 candidates against one float run).
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -78,6 +78,7 @@ class Evaluator:
 
     With ``keep_float`` the float label maps are cached after the first :meth:`score`, so later
     calls (the fallback's candidates) run only the int8 side; without it memory stays one batch.
+    ``float_runner`` may be None for an evaluator that only describes its frames (nothing is scored).
     """
 
     def __init__(
@@ -85,10 +86,11 @@ class Evaluator:
         dataset: SegmentationDataset,
         indices: Sequence[int],
         info: ModelInfo,
-        float_runner: Runner,
+        float_runner: Runner | None,
         batch_size: int = 8,
         num_samples: int = 3,
         keep_float: bool = False,
+        sample_positions: Iterable[int] | None = None,
     ) -> None:
         self.dataset = dataset
         self.keep_float = keep_float
@@ -97,7 +99,10 @@ class Evaluator:
         self.float_runner = float_runner
         self.batch_size = max(1, batch_size)
         self.classes = effective_classes(info)
-        self.sample_positions = set(sample_indices(len(self.indices), num_samples))
+        # A shard of a larger evaluation is told which of its frames are the whole evaluation's samples.
+        if sample_positions is None:
+            sample_positions = sample_indices(len(self.indices), num_samples)
+        self.sample_positions = set(sample_positions)
         self._float_preds: list[np.ndarray] | None = None
         self.float_seconds = 0.0
 
@@ -159,6 +164,52 @@ class Evaluator:
         if cached is None and self.keep_float:
             self._float_preds = collected
         return scores
+
+
+@dataclass
+class FrameScores:
+    """The scores of one contiguous range ``[start, stop)`` of an evaluation's frames (one shard)."""
+
+    start: int
+    stop: int
+    scores: dict[str, RunnerScore]
+    float_seconds: float
+    seconds: float
+
+
+def merge_scores(parts: Sequence[FrameScores], count: int) -> tuple[dict[str, RunnerScore], float]:
+    """Sum the scores of ranges that cover frames ``0..count`` exactly once; also the summed float seconds.
+
+    Confusion matrices and pixel counts are integers, so the sum equals a single pass over all frames
+    exactly; samples are concatenated in frame order, as one pass keeps them.
+    """
+    ordered = sorted(parts, key=lambda part: part.start)
+    position = 0
+    for part in ordered:
+        if part.start != position or part.stop <= part.start:
+            raise ValueError(
+                f"frame ranges must cover 0..{count} once, in order; got {part.start}..{part.stop} "
+                f"after {position}"
+            )
+        position = part.stop
+    if position != count or not ordered:
+        raise ValueError(f"frame ranges cover 0..{position}, not 0..{count}")
+    keys = list(ordered[0].scores)
+    if any(list(part.scores) != keys for part in ordered):
+        raise ValueError("every range must be scored by the same runners")
+    merged = {}
+    for key in keys:
+        pieces = [part.scores[key] for part in ordered]
+        tally = pieces[0].tally
+        for piece in pieces[1:]:
+            tally = tally + piece.tally
+        merged[key] = RunnerScore(
+            pieces[0].runner,
+            tally,
+            [sample for piece in pieces for sample in piece.samples],
+            sum(piece.seconds for piece in pieces),
+        )
+    return merged, sum(part.float_seconds for part in ordered)
 
 
 def _display_image(image: np.ndarray, info: ModelInfo) -> np.ndarray:

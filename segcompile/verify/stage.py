@@ -16,18 +16,27 @@ from PIL import Image
 from segcompile.artifacts import atomic_path, write_json_atomic
 from segcompile.data.frames import SegmentationDataset
 from segcompile.errors import SegcompileError
-from segcompile.modelinfo import ModelInfo, read_model_info
+from segcompile.modelinfo import BINARY_CLASS_NAMES, ModelInfo, read_model_info
 from segcompile.report.assemble import (
     REPORT_VERSION,
     build_identity,
     calibration_frames,
     layer_errors,
+    lowering_summary,
     quantization_summary,
     read_json,
     stage_timings,
 )
 from segcompile.verify import runners as runner_kinds
-from segcompile.verify.evaluate import Evaluator, RunnerScore, Sample, select_frames
+from segcompile.verify.evaluate import (
+    Evaluator,
+    FrameScores,
+    RunnerScore,
+    Sample,
+    merge_scores,
+    sample_indices,
+    select_frames,
+)
 from segcompile.verify.fallback import (
     RANKINGS,
     FallbackResult,
@@ -85,16 +94,26 @@ def load_model_info(build_dir: Path) -> ModelInfo:
     return read_model_info(onnx.load(str(path), load_external_data=False), str(path))
 
 
-def check_classes(info: ModelInfo, dataset: SegmentationDataset) -> None:
-    """Refuse masks labelled with another class list than the model's (the mIoU would be meaningless)."""
+def check_classes(info: ModelInfo, dataset: SegmentationDataset) -> ModelInfo:
+    """Refuse masks labelled with another class list than the model's (the mIoU would be meaningless).
+
+    A model that does not name its classes (an ONNX file from elsewhere: ``class_0``, ``class_1``...)
+    takes the dataset's names when their number matches; the returned info carries them.
+    """
     theirs = tuple(getattr(dataset, "class_names", ()) or ())
     ours = effective_classes(info)
+    unnamed = all(name == f"class_{index}" for index, name in enumerate(info.class_names)) or (
+        info.output_kind == "probability" and tuple(info.class_names) == BINARY_CLASS_NAMES
+    )
+    if theirs and unnamed and len(theirs) == len(ours):
+        return replace(info, class_names=theirs)
     if theirs and info.class_names and theirs != ours:
         source = getattr(dataset, "spec", "evaluation data")
         raise SegcompileError(
             f"{source}: its classes ({', '.join(theirs[:4])}, ...) differ from the model's "
             f"({', '.join(ours[:4])}, ...); evaluate on data labelled for this model"
         )
+    return info
 
 
 def run_verify(
@@ -110,8 +129,7 @@ def run_verify(
     """
     started = time.perf_counter()
     build_dir = Path(build_dir)
-    info = load_model_info(build_dir)
-    check_classes(info, eval_dataset)
+    info = check_classes(load_model_info(build_dir), eval_dataset)
     # A verify that fails half-way must not leave an earlier report looking like this run's.
     for stale in ("report.json", "report.md", "report.html"):
         (build_dir / stale).unlink(missing_ok=True)
@@ -123,12 +141,7 @@ def run_verify(
     )
 
     float_runner = runner_kinds.float_runner(build_dir, config.threads)
-    int8 = runner_kinds.int8_runner(build_dir, config.int8_runner, config.threads)
-    runners = {"int8": int8}
-    if config.compare_qdq and int8.name != runner_kinds.QDQ and (build_dir / "int8.qdq.onnx").is_file():
-        runners["qdq"] = runner_kinds.OnnxRuntimeRunner(
-            build_dir / "int8.qdq.onnx", runner_kinds.QDQ, config.threads
-        )
+    runners = int8_runners(config, build_dir)
 
     evaluator = Evaluator(eval_dataset, indices, info, float_runner, config.batch_size, config.num_samples)
     scores = evaluator.score(runners)
@@ -138,6 +151,90 @@ def run_verify(
         build_dir, info, evaluator, main, scores.get("qdq"), list(calib_names), dropped, quant_params, config
     )
     report["timings"]["verify"] = round(time.perf_counter() - started, 3)
+    write_samples(build_dir / SAMPLES_DIR, main.samples)
+    path = write_json_atomic(build_dir / "report.json", report)
+    return VerifyResult(
+        report_path=path,
+        float_miou=report["float_miou"],
+        int8_miou=report["int8_miou"],
+        miou_drop=report["miou_drop"],
+        pixel_agreement=report["pixel_agreement"],
+        int8_runner=main.runner,
+        frames_eval=tuple(evaluator.names),
+        report=report,
+    )
+
+
+def int8_runners(config: VerifyConfig, build_dir: Path) -> dict[str, runner_kinds.Runner]:
+    """The int8 runners a verify scores: ``int8`` (config.int8_runner) and, optionally, ``qdq``."""
+    int8 = runner_kinds.int8_runner(build_dir, config.int8_runner, config.threads)
+    runners = {"int8": int8}
+    if config.compare_qdq and int8.name != runner_kinds.QDQ and (build_dir / "int8.qdq.onnx").is_file():
+        runners["qdq"] = runner_kinds.OnnxRuntimeRunner(
+            build_dir / "int8.qdq.onnx", runner_kinds.QDQ, config.threads
+        )
+    return runners
+
+
+def score_frames(
+    config: VerifyConfig,
+    build_dir: Path | str,
+    eval_dataset: SegmentationDataset,
+    indices: Sequence[int],
+    start: int = 0,
+    stop: int | None = None,
+) -> FrameScores:
+    """Float and int8 scores of the evaluation frames ``indices[start:stop]`` with run_verify's runners.
+
+    ``indices`` is the whole evaluation (as :func:`select_frames` picks it), so that a range keeps the
+    sample frames a single pass over all of them would keep. The scores of ranges that cover
+    ``indices`` add up exactly to one pass (:func:`report_from_scores` sums them): evaluations can be
+    split into shards run in parallel.
+    """
+    started = time.perf_counter()
+    build_dir = Path(build_dir)
+    stop = len(indices) if stop is None else stop
+    if not 0 <= start < stop <= len(indices):
+        raise ValueError(f"frame range {start}..{stop} is not inside 0..{len(indices)}")
+    info = check_classes(load_model_info(build_dir), eval_dataset)
+    samples = [p - start for p in sample_indices(len(indices), config.num_samples) if start <= p < stop]
+    float_runner = runner_kinds.float_runner(build_dir, config.threads)
+    evaluator = Evaluator(eval_dataset, list(indices)[start:stop], info, float_runner, config.batch_size,
+                          sample_positions=samples)
+    scores = evaluator.score(int8_runners(config, build_dir))
+    return FrameScores(start, stop, scores, evaluator.float_seconds, time.perf_counter() - started)
+
+
+def report_from_scores(
+    config: VerifyConfig,
+    build_dir: Path | str,
+    eval_dataset: SegmentationDataset,
+    indices: Sequence[int],
+    parts: Sequence[FrameScores],
+    calib_names: Sequence[str],
+    dropped: Sequence[str] = (),
+    seconds: float | None = None,
+) -> VerifyResult:
+    """Write ``report.json`` (and the sample pictures) from the scores of ranges covering ``indices``.
+
+    The report is the one :func:`run_verify` writes for the same frames: the per-range confusion
+    matrices are summed, so every accuracy number is exactly the single-process one. ``seconds`` is
+    recorded as the verify time (default: the ranges' seconds added up).
+    """
+    build_dir = Path(build_dir)
+    info = check_classes(load_model_info(build_dir), eval_dataset)
+    for stale in ("report.json", "report.md", "report.html"):
+        (build_dir / stale).unlink(missing_ok=True)
+    scores, float_seconds = merge_scores(parts, len(indices))
+    # assemble_report reads only the frame bookkeeping of an evaluator; nothing runs here.
+    evaluator = Evaluator(eval_dataset, indices, info, None, config.batch_size, config.num_samples)
+    evaluator.float_seconds = float_seconds
+    main = scores["int8"]
+    quant_params = read_json(build_dir / "quant_params.json")
+    report = assemble_report(build_dir, info, evaluator, main, scores.get("qdq"), list(calib_names),
+                             list(dropped), quant_params, config)
+    total = sum(part.seconds for part in parts) if seconds is None else seconds
+    report["timings"]["verify"] = round(total, 3)
     write_samples(build_dir / SAMPLES_DIR, main.samples)
     path = write_json_atomic(build_dir / "report.json", report)
     return VerifyResult(
@@ -214,6 +311,8 @@ def assemble_report(
             for skipped in getattr(evaluator.dataset, "skipped", ())
         ],
         "quantization": quantization_summary(quant_params),
+        # Nodes the compiled module runs in float on the ARM core (never silently: named with the reason).
+        "integer_lowering": lowering_summary(build_dir),
         "layers": layer_errors(quant_params),
         # Seconds per stage; the verify_* entries split out the time spent inside the runners.
         "timings": {
