@@ -3,8 +3,9 @@
 The float graph is written with onnx.helper (no torch export: it keeps these tests fast) and quantized with
 onnxruntime's quantize_static (QDQ, int8 symmetric, per-channel weights) on seeded smooth inputs, the same
 format the quantize stage writes. It holds what a segmentation head does -- conv, depthwise conv, ReLU,
-residual add, concat, bilinear resize, average pool -- plus a Sigmoid, which the DSP profiles do not take, so
-the partition has an ARM fallback in the middle of the graph.
+residual add, concat, bilinear resize, average pool -- plus a Softmax over channels, which has no integer
+kernel (it stays float) and which the DSP profiles do not take, so the partition has an ARM fallback in the
+middle of the graph. (A Sigmoid would not do: it is lowered to an integer lookup table.)
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ def _conv(rng, name, x, out, cin, cout, k=3, groups=1, pad=1):
     return node, inits
 
 
-def float_model(with_sigmoid: bool = True, seed: int = 0, minimal: bool = False) -> onnx.ModelProto:
+def float_model(with_softmax: bool = True, seed: int = 0, minimal: bool = False) -> onnx.ModelProto:
     """The float ONNX head described in the module docstring (opset 17, ModelInfo attached).
 
     ``minimal`` keeps only conv -> relu -> 1x1 conv: the smallest integer program, for per-target builds.
@@ -64,8 +65,8 @@ def float_model(with_sigmoid: bool = True, seed: int = 0, minimal: bool = False)
     add(_conv(rng, "pw", "dw_relu", "pw_out", 8, 8, k=1, pad=0))
     nodes.append(helper.make_node("Add", ["pw_out", "stem_relu"], ["res"], name="residual_add"))
     gate_in = "res"
-    if with_sigmoid:
-        nodes.append(helper.make_node("Sigmoid", ["res"], ["gate"], name="gate_sigmoid"))
+    if with_softmax:
+        nodes.append(helper.make_node("Softmax", ["res"], ["gate"], name="gate_softmax", axis=1))
         gate_in = "gate"
     nodes.append(
         helper.make_node(
@@ -128,10 +129,10 @@ class _Reader(CalibrationDataReader):
         return None if frame is None else {"input": frame}
 
 
-def qdq_model(path: Path, with_sigmoid: bool = True, seed: int = 0, minimal: bool = False) -> Path:
+def qdq_model(path: Path, with_softmax: bool = True, seed: int = 0, minimal: bool = False) -> Path:
     """Write a QDQ int8 model (onnxruntime quantize_static, symmetric, per-channel) to ``path``."""
     float_path = path.with_name(path.stem + ".float.onnx")
-    onnx.save(float_model(with_sigmoid, seed, minimal), str(float_path))
+    onnx.save(float_model(with_softmax, seed, minimal), str(float_path))
     quantize_static(
         str(float_path),
         str(path),

@@ -143,11 +143,11 @@ def test_compile_json_reports_the_lowering_and_the_partition(tda4vm_build):
     summary = json.loads((tda4vm_build / "compile.json").read_text())
     lowering = summary["lowering"]
     assert lowering["by_op_type"]["Conv"] == {"integer": 5, "float": 0}
-    assert [node["name"] for node in lowering["float_nodes"]] == ["gate_sigmoid"]
+    assert [node["name"] for node in lowering["float_nodes"]] == ["gate_softmax"]
     dsp = next(core for core in summary["cores"] if core["name"] == "c7x")
     partition = dsp["partition"]
-    # The sigmoid is not a DSP operator: it runs on the ARM core between two DSP subgraphs.
-    assert partition["op_counts"]["arm"] == {"relax.sigmoid": 1}
+    # The softmax is not a DSP operator: it runs on the ARM core between two DSP subgraphs.
+    assert partition["op_counts"]["arm"] == {"relax.nn.softmax": 1}
     assert len(partition["subgraphs"]) == 2 <= dsp["max_subgraphs"]
     # Five model convs, plus the average pool, which the integer lowering computes as a depthwise conv.
     assert partition["op_counts"]["dsp"]["relax.nn.conv2d"] >= 5
@@ -248,7 +248,7 @@ def test_max_subgraphs_sends_the_smaller_subgraphs_back_to_the_arm_core(integer_
 def test_an_operator_the_dsp_does_not_list_is_unsupported_there(integer_module):
     _, plan = partition_for_dsp(integer_module, ["Conv"], 16)
     assert "relax.nn.conv2d" not in plan.unsupported_ops
-    assert "relax.sigmoid" in plan.unsupported_ops and "relax.concat" in plan.unsupported_ops
+    assert "relax.nn.softmax" in plan.unsupported_ops and "relax.concat" in plan.unsupported_ops
 
 
 def test_dsp_sources_are_byte_identical_across_runs(partitioned, tmp_path):

@@ -482,11 +482,11 @@ def test_lowering_is_deterministic(tmp_path):
 
 
 def test_op_without_integer_kernel_stays_float_and_still_builds(tmp_path):
-    path = make_single_op_qdq(tmp_path / "sigmoid.onnx", "Sigmoid", "gate_sigmoid")
+    path = make_single_op_qdq(tmp_path / "softmax.onnx", "Softmax", "class_softmax", attrs=dict(axis=1))
     mod, report = lower_to_integer(import_qdq(path))
-    assert [(node.name, node.op_type) for node in report.float_nodes] == [("gate_sigmoid", "Sigmoid")]
-    assert "sigmoid" in report.float_nodes[0].reason
-    assert report.summary() == "0 of 1 ops integer; float: gate_sigmoid (Sigmoid)"
+    assert [(node.name, node.op_type) for node in report.float_nodes] == [("class_softmax", "Softmax")]
+    assert "softmax" in report.float_nodes[0].reason
+    assert report.summary() == "0 of 1 ops integer; float: class_softmax (Softmax)"
     feed = np.random.default_rng(0).normal(0, 1, (1, 3, 8, 8)).astype(np.float32)
     got = HostModule(build_for_host(mod, tmp_path / "host"))(feed)
     expected = onnxruntime_output(path, feed)
@@ -641,7 +641,7 @@ def test_network_report_lists_every_conv_as_integer(built_net):
     _, report, _ = built_net
     counts = report.counts_by_op_type()
     assert counts["Conv"] == {"integer": 5, "float": 0}
-    for op_type in ("Add", "Concat", "Resize", "AveragePool", "ReduceMean", "Gemm", "Mul"):
+    for op_type in ("Add", "Concat", "Resize", "AveragePool", "ReduceMean", "Gemm", "Mul", "Sigmoid"):
         assert report.all_integer(op_type), (op_type, counts)
     # onnxruntime keeps Relu/Clip as nodes for symmetric activations and folds them into the
     # output range for asymmetric ones; where they exist they must be integer too.
@@ -650,9 +650,7 @@ def test_network_report_lists_every_conv_as_integer(built_net):
 
 
 @pytest.mark.slow
-def test_network_keeps_unlowerable_sigmoid_float_by_name(built_net):
+def test_network_sigmoid_gate_is_an_integer_lookup_table(built_net):
     _, report, _ = built_net
-    assert [(node.op_type, node.reason) for node in report.float_nodes] == [
-        ("Sigmoid", "no integer kernel for relax.sigmoid")
-    ]
-    assert report.float_nodes[0].name  # the ONNX node name, as the exporter wrote it
+    assert report.float_nodes == ()  # the sigmoid gate too: a 256-entry table (passes/lookup_table.py)
+    assert report.all_integer("Sigmoid")

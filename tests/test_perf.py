@@ -32,8 +32,8 @@ TARGET = {"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": "x86-64"}
 def tiny(tmp_path_factory) -> Path:
     """A build-folder-like directory with the small test head as float.onnx and int8.qdq.onnx."""
     folder = tmp_path_factory.mktemp("tiny_head")
-    onnx.save(float_model(with_sigmoid=False), str(folder / "float.onnx"))
-    qdq_model(folder / "int8.qdq.onnx", with_sigmoid=False)
+    onnx.save(float_model(with_softmax=False), str(folder / "float.onnx"))
+    qdq_model(folder / "int8.qdq.onnx", with_softmax=False)
     return folder
 
 

@@ -19,11 +19,15 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 
+import numpy as np
+import onnx
 import tvm
+from onnx import numpy_helper
 from tvm import relax
 
-from segcompile.compile.import_qdq import QdqModel, import_to_relax
+from segcompile.compile.import_qdq import QdqModel, RelaxImport, import_to_relax
 from segcompile.compile.passes import LoweringLog, LowerQdqToInteger
+from segcompile.compile.passes.lower_qdq_to_integer import PadSpec
 from segcompile.errors import SegcompileError
 
 # Reason given for a float node that never sat directly under a QuantizeLinear.
@@ -103,6 +107,63 @@ def constant_bytes_by_dtype(mod: tvm.IRModule) -> dict[str, int]:
     return dict(totals)
 
 
+def _onnx_constants(model: onnx.ModelProto) -> dict[str, np.ndarray]:
+    consts = {init.name: numpy_helper.to_array(init) for init in model.graph.initializer}
+    for node in model.graph.node:
+        if node.op_type == "Constant":
+            value = next((a.t for a in node.attribute if a.name == "value"), None)
+            if value is not None:
+                consts[node.output[0]] = numpy_helper.to_array(value)
+    return consts
+
+
+def _pad_spec(node: onnx.NodeProto, consts: dict[str, np.ndarray], rank: int) -> PadSpec | None:
+    """Pads, mode and constant of an ONNX Pad node (any opset), or None when they are not constants."""
+    attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+    mode = attrs.get("mode", b"constant")
+    mode = mode.decode() if isinstance(mode, bytes) else str(mode)
+    if "pads" in attrs:  # opset < 11: attributes
+        pads, value, axes = list(attrs["pads"]), float(attrs.get("value", 0.0)), None
+    else:
+        inputs = list(node.input) + [""] * (4 - len(node.input))
+        if inputs[1] not in consts:
+            return None
+        pads = [int(p) for p in consts[inputs[1]].reshape(-1)]
+        value = 0.0
+        if inputs[2]:
+            if inputs[2] not in consts:
+                return None
+            fill = consts[inputs[2]]
+            value = float(fill.reshape(-1)[0]) if fill.size else 0.0
+        axes = None
+        if inputs[3]:
+            if inputs[3] not in consts:
+                return None
+            axes = [int(a) % rank for a in consts[inputs[3]].reshape(-1)]
+    axes = axes if axes is not None else list(range(len(pads) // 2))
+    if len(pads) != 2 * len(axes):
+        return None
+    before, after = [0] * rank, [0] * rank
+    for i, axis in enumerate(axes):
+        before[axis], after[axis] = pads[i], pads[len(axes) + i]
+    return PadSpec(before=tuple(before), after=tuple(after), mode=mode, value=value)
+
+
+def pad_specs(qdq_model: QdqModel, imported: RelaxImport) -> dict:
+    """Imported Pad var -> :class:`PadSpec`, read from the ONNX nodes (TVM imports Pad as opaque TIR)."""
+    by_name = {node.name or node.output[0]: node for node in qdq_model.model.graph.node}
+    consts = _onnx_constants(qdq_model.model)
+    specs = {}
+    for var, ref in imported.node_of_var.items():
+        node = by_name.get(ref.name)
+        if ref.op_type != "Pad" or node is None:
+            continue
+        spec = _pad_spec(node, consts, len(var.ty.shape.values))
+        if spec is not None:
+            specs[var] = spec
+    return specs
+
+
 def lower_to_integer(qdq_model: QdqModel) -> tuple[tvm.IRModule, LoweringReport]:
     """Import ``qdq_model`` and lower it to an integer Relax module (params bound as constants).
 
@@ -112,7 +173,7 @@ def lower_to_integer(qdq_model: QdqModel) -> tuple[tvm.IRModule, LoweringReport]
     imported = import_to_relax(qdq_model)
     log = LoweringLog()
     try:
-        mod = LowerQdqToInteger(log)(imported.mod)
+        mod = LowerQdqToInteger(log, pad_specs(qdq_model, imported))(imported.mod)
         mod = relax.transform.DeadCodeElimination()(mod)
         mod = relax.transform.FoldConstant()(mod)
         mod = relax.transform.DeadCodeElimination()(mod)

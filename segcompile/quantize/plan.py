@@ -2,11 +2,17 @@
 
 Rules (mirrored by the QAT wrapper in qat.py so a QAT export carries a range for every tensor here):
 - every float activation consumed by, or produced by, a quantizable op gets a Q/DQ pair;
-- the output of a Conv/ConvTranspose/Add feeding only a ReLU/Clip is not quantized: the activation is
-  folded into the op's output range, so the Q/DQ sits after the activation;
+- the output of a Conv/ConvTranspose/Add/Mul/BatchNormalization feeding only a ReLU/Clip is not quantized:
+  the activation is folded into the op's output range, so the Q/DQ sits after the activation;
+- elementwise activations (Sigmoid, HardSigmoid, HardSwish, Tanh, LeakyRelu), Mul (squeeze-excite gates)
+  and BatchNormalization left unfused (after a Concat or an Add) get their own range: the integer lowering
+  turns the activations into a 256-entry lookup table, Mul into an int32 product, BN into a per-channel
+  fixed-point affine;
 - data-movement ops (MaxPool, Resize, Pad, Reshape, ...) reuse their input's scale ("shared"), since their
   output values are (convex combinations of) input values and the integer kernel needs no requantization;
-- Conv/ConvTranspose weights become int8 initializers + DequantizeLinear; biases int32 at s_in*s_w.
+- Conv/ConvTranspose weights become int8 initializers + DequantizeLinear; biases int32 at s_in*s_w;
+- a grouped ConvTranspose stays float: per-channel weight scales sit on axis 1 of its weight, which holds
+  only C_out/group channels, so no DequantizeLinear can express them (see ``is_quantizable``).
 """
 
 from __future__ import annotations
@@ -21,6 +27,12 @@ from segcompile.errors import SegcompileError
 
 WEIGHTED_OPS = {"Conv", "ConvTranspose"}
 FOLDABLE_ACTIVATIONS = {"Relu", "Clip"}
+# Producers whose output range absorbs a following ReLU/Clip (see the module docstring).
+FOLDING_PRODUCERS = {"Conv", "ConvTranspose", "Add", "Sub", "Sum", "Mul", "BatchNormalization"}
+# One-input elementwise functions: quantized in and out, lowered to an int8 lookup table.
+ELEMENTWISE_ACTIVATIONS = {"Sigmoid", "HardSigmoid", "HardSwish", "Tanh", "LeakyRelu"}
+# Their outputs are >= 0 whatever the input.
+NONNEGATIVE_ACTIVATIONS = {"Sigmoid", "HardSigmoid"}
 # Ops whose output gets its own calibrated range.
 RANGE_OPS = {
     "Conv",
@@ -34,6 +46,9 @@ RANGE_OPS = {
     "GlobalAveragePool",
     "ReduceMean",
     "Sum",
+    "Mul",
+    "BatchNormalization",
+    *ELEMENTWISE_ACTIVATIONS,
 }
 # Ops whose output reuses the input's scale and zero point; value: the index of the data input.
 SHARED_OPS = {
@@ -62,6 +77,9 @@ DATA_INPUTS = {
     "AveragePool": (0,),
     "GlobalAveragePool": (0,),
     "ReduceMean": (0,),
+    "Mul": (0, 1),
+    "BatchNormalization": (0,),
+    **{op: (0,) for op in ELEMENTWISE_ACTIVATIONS},
 }
 
 
@@ -141,7 +159,13 @@ def _data_inputs(node: onnx.NodeProto) -> list[str]:
 
 
 def is_quantizable(node: onnx.NodeProto) -> bool:
-    """Ops the integer kernels implement."""
+    """Ops the integer kernels implement (a grouped ConvTranspose stays float, see the module docstring)."""
+    if node.op_type == "ConvTranspose" and next((a.i for a in node.attribute if a.name == "group"), 1) != 1:
+        return False
+    if node.op_type == "BatchNormalization" and any(
+        a.name == "training_mode" and a.i for a in node.attribute
+    ):
+        return False  # training-mode BN normalizes with batch statistics: not a fixed affine map
     return node.op_type in RANGE_OPS or node.op_type in SHARED_OPS or node.op_type in WEIGHTED_OPS
 
 
@@ -157,8 +181,11 @@ def build_plan(model: onnx.ModelProto) -> QuantPlan:
         if node.op_type in ("QuantizeLinear", "DequantizeLinear"):
             raise SegcompileError(f"node {node.name!r}: QDQ nodes must be stripped before planning")
 
+    non_float = _non_float_tensors(model)
+
     def is_activation(name: str) -> bool:
-        return bool(name) and name not in consts
+        # Shape arithmetic (int64 Mul/Add/Concat of a dynamic export) is not an activation to quantize.
+        return bool(name) and name not in consts and name not in non_float
 
     def folds_into_activation(name: str) -> onnx.NodeProto | None:
         """The single ReLU/Clip that consumes ``name``, if folding applies."""
@@ -200,10 +227,6 @@ def build_plan(model: onnx.ModelProto) -> QuantPlan:
             if bias is not None and bias not in consts:
                 raise SegcompileError(f"node {node.name!r}: bias {bias!r} is not a constant initializer")
             group = next((a.i for a in node.attribute if a.name == "group"), 1)
-            if node.op_type == "ConvTranspose" and group != 1:
-                raise SegcompileError(
-                    f"node {node.name!r}: grouped ConvTranspose is not supported by the int8 kernels"
-                )
             plan.weighted.append(
                 WeightedNode(
                     node=node.name,
@@ -217,7 +240,7 @@ def build_plan(model: onnx.ModelProto) -> QuantPlan:
                 )
             )
         out = node.output[0]
-        if node.op_type in ("Conv", "ConvTranspose", "Add", "Sub", "Sum") and folds_into_activation(out):
+        if node.op_type in FOLDING_PRODUCERS and folds_into_activation(out):
             plan.folded[out] = folds_into_activation(out).output[0]
             continue
         want(out)
@@ -240,6 +263,7 @@ def build_plan(model: onnx.ModelProto) -> QuantPlan:
 
 
 _PRESERVE_SIGN = {"MaxPool", "AveragePool", "GlobalAveragePool", "ReduceMean", "Concat", "Add", "Sum"}
+_ALL_INPUTS = ("Concat", "Add", "Sum")
 
 
 def _nonnegative_tensors(graph: onnx.GraphProto, consts: dict[str, np.ndarray]) -> set[str]:
@@ -247,7 +271,7 @@ def _nonnegative_tensors(graph: onnx.GraphProto, consts: dict[str, np.ndarray]) 
     found: set[str] = set()
     for node in graph.node:
         op = node.op_type
-        if op == "Relu":
+        if op == "Relu" or op in NONNEGATIVE_ACTIVATIONS:
             found.add(node.output[0])
         elif op == "Clip":
             low = node.input[1] if len(node.input) > 1 else ""
@@ -255,10 +279,51 @@ def _nonnegative_tensors(graph: onnx.GraphProto, consts: dict[str, np.ndarray]) 
                 found.add(node.output[0])
         elif op in SHARED_OPS:
             cubic = any(a.name == "mode" and a.s == b"cubic" for a in node.attribute)  # overshoots below 0
-            if node.input and node.input[SHARED_OPS[op]] in found and not cubic:
+            if (
+                node.input
+                and node.input[SHARED_OPS[op]] in found
+                and not cubic
+                and not _negative_pad(node, consts)
+            ):
                 found.add(node.output[0])
+        elif op == "Mul":
+            # A product is >= 0 when every activation factor is, and every constant factor too.
+            factors = [n for n in node.input if n]
+            if factors and all(n in found or (n in consts and np.all(consts[n] >= 0)) for n in factors):
+                if any(n in found for n in factors):
+                    found.add(node.output[0])
         elif op in _PRESERVE_SIGN:
-            inputs = [n for n in node.input if n] if op in ("Concat", "Add", "Sum") else node.input[:1]
+            inputs = [n for n in node.input if n] if op in _ALL_INPUTS else node.input[:1]
             if inputs and all(n in found for n in inputs):
                 found.add(node.output[0])
     return found
+
+
+def _non_float_tensors(model: onnx.ModelProto) -> set[str]:
+    """Tensors that shape inference types as something other than float (unknown types count as float)."""
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model)
+    except Exception:  # noqa: BLE001 - inference is only a hint here; without it every tensor counts as float
+        inferred = model
+    graph = inferred.graph
+    typed = [*graph.input, *graph.value_info, *graph.output]
+    return {
+        v.name
+        for v in typed
+        if v.type.HasField("tensor_type")
+        and v.type.tensor_type.elem_type not in (0, onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16)
+    }
+
+
+def _negative_pad(node: onnx.NodeProto, consts: dict[str, np.ndarray]) -> bool:
+    """A constant-mode Pad whose fill value is below 0 (its output can be negative)."""
+    if node.op_type != "Pad":
+        return False
+    mode = next((a.s for a in node.attribute if a.name == "mode"), b"constant")
+    if mode != b"constant":
+        return False
+    value = next((a.f for a in node.attribute if a.name == "value"), 0.0)  # opset < 11
+    if len(node.input) > 2 and node.input[2]:
+        fill = consts.get(node.input[2])
+        value = float(np.asarray(fill).reshape(-1)[0]) if fill is not None and np.size(fill) else -1.0
+    return value < 0.0

@@ -5,7 +5,10 @@ specialized, so code like ``x.shape[-2:]`` traces), folds each Conv2d/ConvTransp
 (+ReLU/ReLU6/Clip) into one :class:`QConvBnAct` (BN folded into the conv weights, weights fake-quantized
 per channel or per tensor, bias rounded to the int32 grid at s_in*s_w, activation applied before the
 output quantizer) and inserts activation fake-quantizers on exactly the tensors the QDQ writer quantizes
-(plan.py's rules). torch.fake_quantize_* ops are used because torch.ao's fused QAT modules do not export.
+(plan.py's rules: elementwise activations, Mul and unfused BatchNorm included; SiLU is split into
+x * sigmoid(x) because its ONNX export is Sigmoid + Mul, two quantized tensors). A grouped ConvTranspose
+stays float, as in plan.py. torch.fake_quantize_* ops are used because torch.ao's fused QAT modules do not
+export.
 
 ``export_qat_onnx`` writes the fine-tuned model as QDQ ONNX; ``segcompile quantize`` then keeps its ranges.
 """
@@ -172,6 +175,8 @@ _ACT = {
     _aten.clamp_.default,
 }
 _ADD = {_aten.add.Tensor, _aten.add_.Tensor}
+# Sub in plan.py: quantized like Add, never structurally non-negative.
+_SUB = {_aten.sub.Tensor, _aten.sub_.Tensor, _aten.rsub.Scalar, _aten.rsub.Tensor}
 _CAT = {_aten.cat.default}
 _SHARED = {
     _aten.upsample_bilinear2d.vec,
@@ -186,6 +191,7 @@ _SHARED = {
     _aten._unsafe_view.default,
     _aten.flatten.using_ints,
     _aten.permute.default,
+    _aten.transpose.int,
     _aten.squeeze.dim,
     _aten.unsqueeze.default,
     _aten.pixel_shuffle.default,
@@ -196,6 +202,28 @@ _AVG = {
     _aten.mean.dim,
     _aten._adaptive_avg_pool2d.default,
 }
+# plan.ELEMENTWISE_ACTIVATIONS: one input, own range (an int8 lookup table after lowering).
+_ELEMENTWISE = {
+    _aten.sigmoid.default,
+    _aten.sigmoid_.default,
+    _aten.hardsigmoid.default,
+    _aten.hardsigmoid_.default,
+    _aten.hardswish.default,
+    _aten.hardswish_.default,
+    _aten.tanh.default,
+    _aten.tanh_.default,
+    _aten.leaky_relu.default,
+    _aten.leaky_relu_.default,
+}
+# plan.NONNEGATIVE_ACTIVATIONS
+_NONNEGATIVE_ELEMENTWISE = {
+    _aten.sigmoid.default,
+    _aten.sigmoid_.default,
+    _aten.hardsigmoid.default,
+    _aten.hardsigmoid_.default,
+}
+_MUL = {_aten.mul.Tensor, _aten.mul_.Tensor}
+_SILU = {_aten.silu.default, _aten.silu_.default}
 _TRANSPARENT = {
     _aten.dropout.default,
     _aten.feature_dropout.default,
@@ -265,9 +293,7 @@ def _fuse_convs(gm: fx.GraphModule, scheme: QuantScheme) -> None:
         if isinstance(padding, str):
             raise SegcompileError(f"QAT: conv {node.name} uses padding={padding!r}; use explicit padding")
         if transposed and (groups or 1) != 1:
-            raise SegcompileError(
-                f"QAT: grouped ConvTranspose {node.name} is not supported by the int8 kernels"
-            )
+            continue  # stays float (plan.is_quantizable): no per-channel axis fits its weight
 
         def pair(value, default):
             if value is None:
@@ -319,8 +345,25 @@ def _fuse_convs(gm: fx.GraphModule, scheme: QuantScheme) -> None:
             graph.erase_node(old)
 
 
+def _split_silu(gm: fx.GraphModule) -> None:
+    """x * sigmoid(x) in place of SiLU: the ONNX export is Sigmoid + Mul, and both outputs are quantized."""
+    graph = gm.graph
+    for node in list(graph.nodes):
+        if node.op != "call_function" or node.target not in _SILU:
+            continue
+        with graph.inserting_before(node):
+            gate = graph.call_function(_aten.sigmoid.default, (node.args[0],))
+            product = graph.call_function(_aten.mul.Tensor, (node.args[0], gate))
+        node.replace_all_uses_with(product)
+        graph.erase_node(node)
+
+
+def _is_activation(arg) -> bool:
+    return isinstance(arg, fx.Node) and arg.op != "get_attr"
+
+
 def _kind(node: fx.Node, modules: dict[str, nn.Module]) -> str:
-    """conv | act | add | cat | shared | range | transparent | float | other, mirroring plan.py."""
+    """conv | act | add | mul | bn | cat | shared | range | transparent | float | other, mirroring plan.py."""
     if node.op == "call_module":
         return "conv" if isinstance(modules.get(node.target), QConvBnAct) else "float"
     if node.op != "call_function":
@@ -328,8 +371,18 @@ def _kind(node: fx.Node, modules: dict[str, nn.Module]) -> str:
     target = node.target
     if target in _ACT:
         return "act" if _clip_of(node) is not None else "float"
-    if target in _ADD:
-        return "add" if all(isinstance(a, fx.Node) and a.op != "get_attr" for a in node.args[:2]) else "float"
+    if target in _ADD | _SUB:
+        # An Add/Sub with a constant is quantized too (plan.py): its ONNX node is Add/Sub(x, const).
+        return "add" if any(_is_activation(a) for a in node.args[:2]) else "float"
+    if target in _MUL:
+        # Mul by a constant is quantized too (plan.py); only a product of two constants is not an activation.
+        return "mul" if any(_is_activation(a) for a in node.args[:2]) else "float"
+    if target == _aten.batch_norm.default:
+        # Unfused BN (after a Concat or an Add; _fuse_convs took those after a conv); eval mode only.
+        training = node.args[5] if len(node.args) > 5 else node.kwargs.get("training", False)
+        return "bn" if not training else "float"
+    if target in _ELEMENTWISE:
+        return "range"
     for kind, ops in (("cat", _CAT), ("shared", _SHARED), ("range", _AVG), ("transparent", _TRANSPARENT)):
         if target in ops:
             return kind
@@ -355,7 +408,7 @@ def _insert_quantizers(gm: fx.GraphModule, scheme: QuantScheme, momentum: float)
     graph = gm.graph
     modules = dict(gm.named_modules())
     kinds = {n: _kind(n, modules) for n in graph.nodes}
-    quantizable = {"conv", "act", "add", "cat", "shared", "range"}
+    quantizable = {"conv", "act", "add", "mul", "bn", "cat", "shared", "range"}
     output_node = next(n for n in graph.nodes if n.op == "output")
     graph_outputs = set(_activation_nodes(output_node.args))
 
@@ -366,7 +419,7 @@ def _insert_quantizers(gm: fx.GraphModule, scheme: QuantScheme, momentum: float)
         return node
 
     def data_inputs(node: fx.Node) -> list[fx.Node]:
-        if kinds[node] in ("conv", "act", "shared", "range"):
+        if kinds[node] in ("conv", "act", "shared", "range", "bn"):
             return [alias(node.args[0])]
         if kinds[node] == "cat":
             return [alias(a) for a in _activation_nodes(node.args[0])]
@@ -381,7 +434,7 @@ def _insert_quantizers(gm: fx.GraphModule, scheme: QuantScheme, momentum: float)
     def folded(node: fx.Node) -> bool:
         users = real_users(node)
         return (
-            kinds[node] == "add"
+            kinds[node] in ("add", "mul", "bn")
             and node not in graph_outputs
             and len(users) == 1
             and kinds[users[0]] == "act"
@@ -413,8 +466,19 @@ def _insert_quantizers(gm: fx.GraphModule, scheme: QuantScheme, momentum: float)
                 nonnegative.add(node)
         elif kind == "act" and _clip_of(node)[0] >= 0:
             nonnegative.add(node)
-        elif kind in ("shared", "range", "cat", "add") and all(i in nonnegative for i in data_inputs(node)):
+        elif kind == "range" and node.target in _NONNEGATIVE_ELEMENTWISE:
             nonnegative.add(node)
+        elif kind == "mul" and _nonnegative_product(gm, node, nonnegative, alias):
+            nonnegative.add(node)
+        elif kind == "add":
+            # plan.py: a sum of non-negative activations (a constant term or a Sub makes no promise).
+            if node.target in _ADD and all(
+                _is_activation(a) and alias(a) in nonnegative for a in node.args[:2]
+            ):
+                nonnegative.add(node)
+        elif kind in ("shared", "cat") or (kind == "range" and node.target in _AVG):
+            if all(i in nonnegative for i in data_inputs(node)) and not _negative_pad(node):
+                nonnegative.add(node)
         elif kind == "transparent" and alias(node) in nonnegative:
             nonnegative.add(node)
     for node in sorted(wanted, key=order.__getitem__):
@@ -460,6 +524,32 @@ def _insert_quantizers(gm: fx.GraphModule, scheme: QuantScheme, momentum: float)
         node.args = (node.args[0], scale)
 
 
+def _nonnegative_product(gm: fx.GraphModule, node: fx.Node, nonnegative: set, alias) -> bool:
+    """plan.py's rule for Mul: every activation factor non-negative and every constant factor >= 0."""
+    for arg in node.args[:2]:
+        if _is_activation(arg):
+            if alias(arg) not in nonnegative:
+                return False
+        elif isinstance(arg, fx.Node):
+            if bool((_fetch(gm, arg.target) < 0).any()):
+                return False
+        elif not isinstance(arg, int | float) or arg < 0:
+            return False
+    return True
+
+
+def _negative_pad(node: fx.Node) -> bool:
+    """plan.py's rule: a constant pad with a fill value below 0 can make a non-negative tensor negative."""
+    if node.target not in (_aten.pad.default, _aten.constant_pad_nd.default):
+        return False
+    mode = node.args[2] if len(node.args) > 2 else node.kwargs.get("mode", "constant")
+    if node.target == _aten.constant_pad_nd.default:
+        mode, value = "constant", node.args[2] if len(node.args) > 2 else node.kwargs.get("value", 0.0)
+    else:
+        value = node.args[3] if len(node.args) > 3 else node.kwargs.get("value", None)
+    return mode == "constant" and value is not None and float(value) < 0
+
+
 def prepare_qat(
     model: nn.Module,
     scheme: QuantScheme,
@@ -494,6 +584,7 @@ def prepare_qat(
         if node.op == "call_module" and node.target == "_guards_fn":
             graph.erase_node(node)
     _fuse_convs(traced, scheme)
+    _split_silu(traced)
     graph.eliminate_dead_code()
     _insert_quantizers(traced, scheme, momentum)
     graph.lint()

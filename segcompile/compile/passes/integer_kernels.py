@@ -28,6 +28,8 @@ RESIZE_WEIGHT_BITS = 15
 RESIZE_MULTIPLIER_BITS = 24
 
 QRANGE = {"int8": (-128, 127), "uint8": (0, 255)}
+# Fractional bits of the affine maps (unfused BatchNormalization, Mul/Add by constants): affine_fixed_point.
+AFFINE_SHIFT = 32
 
 
 def const(values, dtype: str) -> relax.Constant:
@@ -173,6 +175,8 @@ def resize_source_coordinates(out_size: int, in_size: int, mode: str) -> np.ndar
         return out_index * (in_size - 1) / (out_size - 1) if out_size > 1 else np.zeros(out_size)
     if mode == "asymmetric":
         return out_index / scale
+    if mode == "tf_half_pixel_for_nn":  # TensorFlow's nearest-neighbour convention (tf2onnx)
+        return (out_index + 0.5) / scale
     raise ValueError(f"coordinate_transformation_mode {mode!r}")
 
 
@@ -220,3 +224,31 @@ def emit_linear_resize_axis(
     near = bb.emit(relax.op.multiply(near, const(w_first.reshape(shape), dtype)))
     far = bb.emit(relax.op.multiply(far, const(w_second.reshape(shape), dtype)))
     return bb.emit(relax.op.add(near, far))
+
+
+def affine_fixed_point(
+    real_scale: np.ndarray, real_offset: np.ndarray, input_magnitude: int
+) -> tuple[np.ndarray, np.ndarray, int]:
+    """Per-channel ``y = x * scale + offset`` (in output LSBs) as ``(x * M + B) >> S`` in int64.
+
+    One rounding at the end, like a requantize whose bias joins before the shift: ``M = round(scale *
+    2**S)`` (signed, so a negative BN gamma needs no special case), ``B = round(offset * 2**S)``. With
+    ``S = AFFINE_SHIFT`` the represented scale is off by at most ``2**-(S+1)`` per input LSB, i.e.
+    ``input_magnitude * 2**-33`` output LSB: far below one rounding step. Offsets beyond
+    ``|scale| * input_magnitude + 512`` saturate the output whatever ``x`` is, so they are clamped there
+    (same result, and int64 cannot overflow); ``S`` shrinks only for absurd scales (> 2**20).
+    ``|x| <= input_magnitude`` is the caller's guarantee. Returns ``(M, B, S)`` (int64 arrays, int).
+    """
+    scale = np.asarray(real_scale, np.float64)
+    offset = np.asarray(real_offset, np.float64)
+    if not (np.all(np.isfinite(scale)) and np.all(np.isfinite(offset))):
+        raise ValueError("affine scale or offset is not finite")
+    reach = np.abs(scale) * input_magnitude + 512.0
+    offset = np.clip(offset, -reach, reach)
+    largest = float((np.abs(scale) * input_magnitude + reach).max())
+    shift = min(AFFINE_SHIFT, 61 - math.ceil(math.log2(largest + 1.0)))
+    if shift < 8:
+        raise ValueError(f"affine scale {float(np.abs(scale).max()):g} is too large for int64 fixed point")
+    multiplier = np.round(scale * 2.0**shift).astype(np.int64)
+    bias = np.round(offset * 2.0**shift).astype(np.int64)
+    return multiplier, bias, shift

@@ -3,9 +3,12 @@
 After import, every quantized operator looks like ``quantize(f(dequantize(a), dequantize(W)...))``:
 float compute between a dequantize and a quantize. This pass rewrites each such ``quantize`` call
 (the root of the pattern) into the integer program a board runs: int8 x int8 -> int32
-convolution/matmul plus fixed-point requantization, integer add/mul/concat/resize/pool, clip on
-int8, and layout operators applied directly to int8 tensors. It must run before FoldConstant,
-while int8 weights still sit in ``dequantize(const)`` and have not been folded into float.
+convolution/transposed convolution/matmul plus fixed-point requantization, integer
+add/mul/concat/resize/pool/pad, a per-channel fixed-point affine map for an unfused BatchNorm, clip
+on int8, layout operators applied directly to int8 tensors, and a 256-entry lookup table for any
+other elementwise function of one int8 tensor (Sigmoid, HardSwish, ...; see lookup_table.py). It
+must run before FoldConstant, while int8 weights still sit in ``dequantize(const)`` and have not
+been folded into float.
 
 The rewritten ``quantize`` no longer needs the float ops above it; DeadCodeElimination removes
 them afterwards. A pattern that cannot be lowered keeps its float path (dequantize -> float op
@@ -22,6 +25,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass, field
+from functools import partial
 
 import numpy as np
 import tvm
@@ -34,6 +38,9 @@ from segcompile.compile.passes.integer_kernels import (
     RESIZE_MULTIPLIER_BITS,
     RESIZE_WEIGHT_BITS,
     activation_bounds,
+    affine_fixed_point,
+    broadcast_const,
+    broadcast_shape,
     centered,
     const,
     emit_clip_cast,
@@ -41,8 +48,10 @@ from segcompile.compile.passes.integer_kernels import (
     emit_requantize,
     emit_rounding_right_shift,
     nearest_indices,
+    round_half_even,
     shape_of,
 )
+from segcompile.compile.passes.lookup_table import ELEMENTWISE_OPS, lookup_table, op_attributes
 
 # Operators that only move or select int8 values; they run unchanged on the int8 tensor.
 LAYOUT_OPS = (
@@ -58,6 +67,10 @@ LAYOUT_OPS = (
 _CLIP_KERNEL = re.compile(r"^(maximum|minimum)\d*$")
 # Relative tolerance for "these two float32 scales are the same scale".
 SCALE_RTOL = 1e-6
+# Largest float graph a lookup table replaces (ops between the dequantize and the quantize).
+MAX_TABLE_OPS = 32
+# ONNX Pad modes -> relax.nn.pad modes.
+PAD_MODES = {"constant": "constant", "reflect": "reflect", "edge": "replicate"}
 
 
 class Unlowerable(Exception):
@@ -84,6 +97,16 @@ class TensorQuant:
         return self.zero_point == other.zero_point and math.isclose(
             self.scale, other.scale, rel_tol=SCALE_RTOL
         )
+
+
+@dataclass(frozen=True)
+class PadSpec:
+    """What an ONNX Pad node asks for (TVM imports Pad as an opaque call_tir, so it is read from ONNX)."""
+
+    before: tuple[int, ...]  # per axis, full rank
+    after: tuple[int, ...]
+    mode: str  # ONNX mode: constant | reflect | edge | wrap
+    value: float = 0.0  # the constant of constant mode
 
 
 @dataclass
@@ -118,10 +141,11 @@ def _const_array(expr) -> np.ndarray | None:
 class QdqToIntegerMutator(PyExprMutator):
     """Rewrites every lowerable ``quantize`` root into integer Relax code (see module docstring)."""
 
-    def __init__(self, mod: tvm.IRModule, var2val: dict, log: LoweringLog):
+    def __init__(self, mod: tvm.IRModule, var2val: dict, log: LoweringLog, pads: dict | None = None):
         super().__init__(mod)
         self.var2val = var2val
         self.log = log
+        self.pads = pads or {}  # imported Pad var -> PadSpec
 
     # ---- graph queries on the original (imported) function -------------------------------
     def value(self, expr):
@@ -135,6 +159,32 @@ class QdqToIntegerMutator(PyExprMutator):
 
     def constant(self, expr) -> np.ndarray | None:
         return _const_array(self.value(expr))
+
+    def real_constant(self, expr) -> np.ndarray | None:
+        """The real values of a float constant or of ``dequantize(integer constant)`` (float64), else None.
+
+        Tools quantize constant operands too (onnxruntime: BatchNormalization's scale and bias, Mul/Add
+        constants); their dequantized values are what the float graph computes with.
+        """
+        value = self.value(expr)
+        if isinstance(value, tvm.ir.GenericConst):
+            array = _const_array(value)
+            return array.astype(np.float64) if array.dtype.kind == "f" else None
+        if not _is_call(value, "relax.dequantize"):
+            return None
+        data, scale, zero = (self.constant(arg) for arg in value.args)
+        if data is None:
+            data = self.quantized_constant(value.args[0])
+        if data is None or scale is None or zero is None or data.dtype.kind not in "iu":
+            return None
+        shape = [1] * data.ndim
+        if scale.size > 1 or zero.size > 1:
+            if data.ndim == 0:
+                return None
+            shape[int(value.attrs.axis) % data.ndim] = -1
+        scale = scale.astype(np.float64).reshape(shape if scale.size > 1 else ())
+        zero = zero.astype(np.float64).reshape(shape if zero.size > 1 else ())
+        return (data.astype(np.float64) - zero) * scale
 
     def activation(self, expr) -> tuple[relax.Expr, TensorQuant]:
         """``expr`` must be ``dequantize(int8 activation, scalar scale, scalar zero point)``."""
@@ -292,22 +342,34 @@ class QdqToIntegerMutator(PyExprMutator):
             "relax.add": self.lower_add,
             "relax.subtract": self.lower_add,
             "relax.nn.conv2d": self.lower_conv,
+            "relax.nn.conv2d_transpose": self.lower_conv_transpose,
             "relax.matmul": self.lower_matmul,
             "relax.multiply": self.lower_multiply,
+            "relax.divide": self.lower_divide,
             "relax.concat": self.lower_concat,
             "relax.image.resize2d": self.lower_resize,
             "relax.nn.avg_pool2d": self.lower_avg_pool,
             "relax.mean": self.lower_mean,
             "relax.dequantize": self.lower_requantize,
+            "TupleGetItem": self.lower_tuple_item,
         }
         name = _op_name(value)
-        if name in LAYOUT_OPS:
-            handler = self.lower_layout
-        elif name in handlers:
-            handler = handlers[name]
-        else:
-            raise Unlowerable(f"no integer kernel for {name}")
-        result, consumed = handler(value, out, lo, hi)
+        try:
+            if name in LAYOUT_OPS:
+                handler = self.lower_layout
+            elif name in handlers:
+                handler = handlers[name]
+            elif inner in self.pads:
+                handler = partial(self.lower_pad, self.pads[inner])
+            else:
+                raise Unlowerable(f"no integer kernel for {name}")
+            result, consumed = handler(value, out, lo, hi)
+        except Unlowerable:
+            # Any elementwise function of one int8 tensor still has an exact integer form: a table.
+            table = self.lower_elementwise_table(call.args[0], out)
+            if table is None:
+                raise
+            result, consumed = table
         self.log.lowered.update(peeled)
         self.log.lowered.add(inner)
         self.log.lowered.update(consumed)
@@ -416,6 +478,59 @@ class QdqToIntegerMutator(PyExprMutator):
         consumed = [bias_var] if bias_var is not None else []
         return result, consumed
 
+    def lower_conv_transpose(self, conv, out: TensorQuant, lo: int, hi: int, bias=None, bias_var=None):
+        """Transposed conv (learned upsampling): int8 x int8 -> int32, then requantize per channel.
+
+        The input zero point cannot be folded into the bias as for conv2d (how many taps reach an output
+        pixel depends on its position), so a zero-point input is centred first, in int16.
+        """
+        attrs = conv.attrs
+        if attrs.data_layout != "NCHW" or attrs.kernel_layout != "IOHW" or attrs.out_layout != "NCHW":
+            raise Unlowerable(
+                f"conv2d_transpose layout {attrs.data_layout}/{attrs.kernel_layout} is not NCHW/IOHW"
+            )
+        if int(attrs.groups) != 1:
+            raise Unlowerable("grouped conv2d_transpose (its per-channel weight scales have no single axis)")
+        data, qp = self.activation(conv.args[0])
+        weight, w_scale, w_axis = self.weight(conv.args[1])
+        channels = weight.shape[1]
+        if w_scale.size not in (1, channels) or (w_scale.size > 1 and w_axis != 1):
+            raise Unlowerable("conv2d_transpose weight scale is neither per tensor nor per output channel")
+        acc_scale = qp.scale * np.broadcast_to(w_scale, (channels,))
+        bias_int = np.zeros(channels, np.int64)
+        if bias is not None:
+            bias_int = self.bias_in_accumulator(bias, acc_scale, channels).astype(np.int64)
+        bb = self.builder_
+        x = self.int_input(data)
+        w = const(weight, "int8")
+        if qp.zero_point:
+            x = centered(bb, x, qp.zero_point, "int16")
+            w = const(weight.astype(np.int16), "int16")
+        acc = bb.emit(
+            relax.op.nn.conv2d_transpose(
+                x,
+                w,
+                strides=[int(s) for s in attrs.strides],
+                padding=[int(p) for p in attrs.padding],
+                output_padding=[int(p) for p in attrs.output_padding],
+                dilation=[int(d) for d in attrs.dilation],
+                groups=1,
+                data_layout="NCHW",
+                kernel_layout="IOHW",
+                out_dtype="int32",
+            )
+        )
+        if np.any(bias_int):
+            acc = bb.emit(relax.op.add(acc, const(bias_int.reshape(1, channels, 1, 1), "int32")))
+        # Every output pixel sums at most all C_in x kh x kw taps of its channel.
+        input_magnitude = max(qp.zero_point - qp.qmin, qp.qmax - qp.zero_point)
+        per_channel = np.abs(weight.astype(np.int64)).sum(axis=(0, 2, 3))
+        bound = int((input_magnitude * per_channel + np.abs(bias_int)).max())
+        result = emit_requantize(
+            bb, acc, acc_scale / out.scale, out.zero_point, lo, hi, out.dtype, 1, accumulator_bound=bound
+        )
+        return result, [bias_var] if bias_var is not None else []
+
     def lower_matmul(self, matmul, out: TensorQuant, lo: int, hi: int, bias=None, bias_var=None):
         data, qp = self.activation(matmul.args[0])
         weight_expr = self.value(matmul.args[1])
@@ -465,13 +580,23 @@ class QdqToIntegerMutator(PyExprMutator):
         # conv/matmul followed by a constant bias add, as the importer writes Conv/Gemm with bias.
         for main, bias in ((left, right), (right, left)):
             main_value = self.value(main)
-            if _op_name(main_value) in ("relax.nn.conv2d", "relax.matmul") and self._is_constant_path(bias):
+            lower = {
+                "relax.nn.conv2d": self.lower_conv,
+                "relax.nn.conv2d_transpose": self.lower_conv_transpose,
+                "relax.matmul": self.lower_matmul,
+            }.get(_op_name(main_value))
+            if lower is not None and self._is_constant_path(bias):
                 if _is_call(add, "relax.subtract"):
                     raise Unlowerable("constant subtracted from a conv/matmul output")
-                lower = self.lower_conv if _is_call(main_value, "relax.nn.conv2d") else self.lower_matmul
                 result, consumed = lower(main_value, out, lo, hi, bias=bias, bias_var=None)
                 return result, [main, *consumed]
-        (a, qa), (b, qb) = self.operand(left), self.operand(right)
+        try:
+            (a, qa), (b, qb) = self.operand(left), self.operand(right)
+        except Unlowerable:
+            affine = self.lower_constant_affine(add, out, lo, hi)
+            if affine is None:
+                raise
+            return affine
         sign = -1.0 if _is_call(add, "relax.subtract") else 1.0
         bb = self.builder_
         (m_a, m_b), shift = common_shift_multipliers([qa.scale / out.scale, qb.scale / out.scale])
@@ -491,7 +616,13 @@ class QdqToIntegerMutator(PyExprMutator):
         return isinstance(value, tvm.ir.GenericConst)
 
     def lower_multiply(self, mul, out: TensorQuant, lo: int, hi: int):
-        (a, qa), (b, qb) = self.operand(mul.args[0]), self.operand(mul.args[1])
+        try:
+            (a, qa), (b, qb) = self.operand(mul.args[0]), self.operand(mul.args[1])
+        except Unlowerable:
+            affine = self.lower_constant_affine(mul, out, lo, hi)
+            if affine is None:
+                raise
+            return affine
         bb = self.builder_
         product = bb.emit(
             relax.op.multiply(
@@ -502,6 +633,143 @@ class QdqToIntegerMutator(PyExprMutator):
         return emit_requantize(
             bb, product, qa.scale * qb.scale / out.scale, out.zero_point, lo, hi, out.dtype
         ), []
+
+    def lower_divide(self, div, out: TensorQuant, lo: int, hi: int):
+        affine = self.lower_constant_affine(div, out, lo, hi)
+        if affine is None:
+            raise Unlowerable("division by an activation has no integer kernel")
+        return affine
+
+    def lower_tuple_item(self, item, out: TensorQuant, lo: int, hi: int):
+        """``batch_norm(...)[0]``: the importer returns BatchNormalization as a tuple."""
+        source = self.value(item.tuple_value)
+        if int(item.index) == 0 and _is_call(source, "relax.nn.batch_norm"):
+            result, consumed = self.lower_batch_norm(source, out, lo, hi)
+            return result, [item.tuple_value, *consumed]
+        raise Unlowerable(f"no integer kernel for item {int(item.index)} of {_op_name(source)}")
+
+    def lower_batch_norm(self, bn, out: TensorQuant, lo: int, hi: int):
+        """Unfused inference BatchNorm: a per-channel affine map done in fixed point.
+
+        BN after a Concat or an Add cannot be folded into a conv, and folding it into the preceding
+        per-tensor requantize is exact only when every channel has the same scale; a per-channel
+        ``(x - z) * M_c + B_c`` with one rounding shift (integer_kernels.affine_fixed_point) is exact to
+        within a rounding step for any gamma, beta, mean and variance, negative gammas included.
+        """
+        attrs = bn.attrs
+        if bool(attrs.training):
+            raise Unlowerable("batch_norm in training mode (batch statistics)")
+        data, qp = self.activation(bn.args[0])
+        gamma, beta, mean, var = (self.real_constant(arg) for arg in bn.args[1:5])
+        if any(v is None for v in (gamma, beta, mean, var)):
+            raise Unlowerable("batch_norm parameters are not constants")
+        shape = shape_of(data)
+        axis = int(attrs.axis) % len(shape)
+        channels = shape[axis]
+        gamma = gamma.astype(np.float64) if bool(attrs.scale) else np.ones(channels)
+        beta = beta.astype(np.float64) if bool(attrs.center) else np.zeros(channels)
+        factor = gamma / np.sqrt(var.astype(np.float64) + float(attrs.epsilon))
+        offset = beta - mean.astype(np.float64) * factor
+        factor = broadcast_shape(np.broadcast_to(factor, (channels,)), len(shape), axis)
+        offset = broadcast_shape(np.broadcast_to(offset, (channels,)), len(shape), axis)
+        return self.emit_affine(data, qp, factor, offset, out, lo, hi), []
+
+    def emit_affine(self, data, qp: TensorQuant, factor, offset, out: TensorQuant, lo: int, hi: int):
+        """``Q_out(DQ(data) * factor + offset)`` for constant (broadcastable) real ``factor``/``offset``."""
+        input_magnitude = max(qp.zero_point - qp.qmin, qp.qmax - qp.zero_point)
+        factor, offset = np.broadcast_arrays(np.asarray(factor, np.float64), np.asarray(offset, np.float64))
+        try:
+            multiplier, bias, shift = affine_fixed_point(
+                factor * (qp.scale / out.scale), offset / out.scale, input_magnitude
+            )
+        except ValueError as why:
+            raise Unlowerable(f"per-channel affine: {why}") from why
+        bb = self.builder_
+        wide = centered(bb, self.int_input(data), qp.zero_point, "int64")
+        wide = bb.emit(relax.op.multiply(wide, broadcast_const(multiplier, "int64")))
+        if np.any(bias):
+            wide = bb.emit(relax.op.add(wide, broadcast_const(bias, "int64")))
+        shifted = emit_rounding_right_shift(bb, wide, np.int64(shift))
+        return emit_clip_cast(bb, shifted, out.zero_point, lo, hi, out.dtype)
+
+    def lower_constant_affine(self, call, out: TensorQuant, lo: int, hi: int):
+        """An activation times, plus, minus or divided by a constant tensor: a per-element affine map.
+
+        Other exporters write an unfoldable BatchNorm as Mul + Add by per-channel constants (tf2onnx), and
+        models scale or shift activations by constants; both are exact in fixed point (emit_affine). The
+        constant may be float or dequantized from integers (any granularity). Returns None unless exactly
+        one operand is a constant.
+        """
+        op = call.op.name
+        left, right = call.args
+        constants = [self.real_constant(arg) for arg in (left, right)]
+        if sum(c is not None for c in constants) != 1:
+            return None
+        first_is_constant = constants[0] is not None
+        value = constants[0] if first_is_constant else constants[1]
+        data, qp = self.activation(right if first_is_constant else left)
+        shape = tuple(shape_of(data))
+        if np.broadcast_shapes(value.shape, shape) != shape:
+            raise Unlowerable("the constant operand broadcasts the activation to a larger shape")
+        if op == "relax.multiply":
+            factor, offset = value, 0.0
+        elif op == "relax.add":
+            factor, offset = 1.0, value
+        elif op == "relax.subtract":
+            factor, offset = (-1.0, value) if first_is_constant else (1.0, -value)
+        elif op == "relax.divide" and not first_is_constant:
+            if np.any(value == 0):
+                raise Unlowerable("division by a constant holding 0")
+            factor, offset = 1.0 / value, 0.0
+        else:
+            raise Unlowerable(f"{op} of a constant by an activation is not affine")
+        return self.emit_affine(data, qp, factor, offset, out, lo, hi), []
+
+    def lower_pad(self, spec: PadSpec, pad, out: TensorQuant, lo: int, hi: int):
+        """Pad on int8: constant mode pads with the quantized constant, reflect/edge only move data."""
+        if spec.mode not in PAD_MODES:
+            raise Unlowerable(f"pad mode {spec.mode}")
+        if any(p < 0 for p in (*spec.before, *spec.after)):
+            raise Unlowerable("pad with negative pads (cropping)")
+        if not _is_call(pad, "relax.call_tir") or len(pad.args[1].fields) != 1:
+            raise Unlowerable(f"pad imported as {_op_name(pad)}")
+        data, qp = self.activation(pad.args[1].fields[0])
+        if len(spec.before) != len(shape_of(data)):
+            raise Unlowerable("pad widths do not match the input rank")
+        bb = self.builder_
+        # Requantize first and pad after, so the padding constant is rounded once, at the output scale,
+        # exactly as QuantizeLinear rounds the float constant after a float Pad.
+        x = bb.emit(self.requantize_activation(self.int_input(data), qp, out, lo, hi))
+        width = [w for pair in zip(spec.before, spec.after, strict=True) for w in pair]
+        fill = min(hi, max(lo, round_half_even(spec.value / out.scale) + out.zero_point))
+        return relax.op.nn.pad(x, width, pad_mode=PAD_MODES[spec.mode], pad_value=fill), []
+
+    def lower_elementwise_table(self, root, out: TensorQuant):
+        """``quantize(f(dequantize(x)))`` for an elementwise ``f`` of one int8 tensor: a 256-entry table.
+
+        Returns ``(int8 expression, consumed vars)``, or None when the float graph under ``root`` is not
+        such a function (then the caller's reason stands). See lookup_table.py for why a table.
+        """
+        trace = _ElementwiseTrace(self)
+        try:
+            graph = trace.visit(root, 0)
+        except Unlowerable:
+            return None
+        if trace.source is None:
+            return None  # constants only
+        data, qp = trace.source
+        if shape_of(root) != shape_of(data):
+            return None  # a broadcasting constant changed the shape: not one value in, one value out
+        try:
+            table = lookup_table(
+                graph, qp.scale, qp.zero_point, qp.dtype, out.scale, out.zero_point, out.dtype
+            )
+        except ValueError:
+            return None
+        bb = self.builder_
+        index = centered(bb, self.int_input(data), qp.qmin, "int32")  # q - qmin: 0..255
+        lookup = relax.op.take(const(table, out.dtype), index, axis=0, mode="clip")
+        return lookup, trace.vars
 
     def lower_concat(self, concat, out: TensorQuant, lo: int, hi: int):
         items = self.value(concat.args[0])
@@ -522,7 +790,13 @@ class QdqToIntegerMutator(PyExprMutator):
         if any(float(r) != 0.0 for r in attrs.roi):
             raise Unlowerable("resize with a region of interest")
         mode = str(attrs.coordinate_transformation_mode)
-        if mode not in ("half_pixel", "pytorch_half_pixel", "align_corners", "asymmetric"):
+        if mode not in (
+            "half_pixel",
+            "pytorch_half_pixel",
+            "align_corners",
+            "asymmetric",
+            "tf_half_pixel_for_nn",
+        ):
             raise Unlowerable(f"resize coordinate mode {mode}")
         data, qp = self.activation(resize.args[0])
         out_h, out_w = shape_of(resize)[2:]
@@ -596,6 +870,68 @@ class QdqToIntegerMutator(PyExprMutator):
         return _requantize_mean(bb, total, qp, out, lo, hi, count), []
 
 
+class _ElementwiseTrace:
+    """Walks the float graph under a quantize root, checking it is elementwise in one dequantized tensor.
+
+    ``visit`` returns a numpy function of the dequantized input (float32 in, float32 out) built from
+    :data:`~segcompile.compile.passes.lookup_table.ELEMENTWISE_OPS`; it raises Unlowerable for anything
+    else (a second activation, a non-scalar constant, an op without a numpy twin, a non-float32 value).
+    """
+
+    def __init__(self, mutator: QdqToIntegerMutator):
+        self.mutator = mutator
+        self.source: tuple[relax.Expr, TensorQuant] | None = None
+        self.vars: list = []
+        self.count = 0
+
+    def visit(self, expr, depth: int):
+        m = self.mutator
+        if isinstance(expr, relax.Var) and expr in m.var2val and expr not in self.vars:
+            self.vars.append(expr)
+        value = m.value(expr)
+        self.count += 1
+        if depth > MAX_TABLE_OPS or self.count > 4 * MAX_TABLE_OPS:
+            raise Unlowerable("elementwise graph too large for a table")
+        scalar = self._scalar(value)
+        if scalar is not None:
+            return lambda x, c=scalar: np.float32(c)
+        if _is_call(value, "relax.dequantize"):
+            data, qp = m.activation(value)
+            if self.source is None:
+                self.source = (data, qp)
+            elif not (self.source[0].same_as(data) and self.source[1] == qp):
+                raise Unlowerable("elementwise graph of two different int8 tensors")
+            return lambda x: x
+        if not isinstance(value, relax.Call) or str(getattr(value.ty, "dtype", "")) != "float32":
+            raise Unlowerable(f"{_op_name(value)} in an elementwise graph")
+        name = _op_name(value)
+        if _is_call(value, "relax.call_tir") and _CLIP_KERNEL.match(value.args[0].name_hint):
+            inner, bound = value.args[1].fields
+            bound_v = self._scalar(m.value(m._through_where(bound)))
+            if bound_v is None:
+                raise Unlowerable("clip bound is not a scalar constant")
+            f = self.visit(inner, depth + 1)
+            pick = np.maximum if name.startswith("call_tir(maximum") else np.minimum
+            return lambda x: pick(f(x), np.float32(bound_v))
+        if name == "relax.clip":
+            f = self.visit(value.args[0], depth + 1)
+            low, high = float(value.args[1].value), float(value.args[2].value)
+            return lambda x: ELEMENTWISE_OPS[name](f(x), low, high)
+        if name not in ELEMENTWISE_OPS:
+            raise Unlowerable(f"{name} in an elementwise graph")
+        kwargs = op_attributes(name, value.attrs)
+        fs = [self.visit(arg, depth + 1) for arg in value.args]
+        op = ELEMENTWISE_OPS[name]
+        return lambda x: op(*(f(x) for f in fs), **kwargs)
+
+    def _scalar(self, value) -> float | None:
+        """A one-element float constant, or a dequantized one-element integer constant, as a float32."""
+        array = self.mutator.real_constant(value)
+        if array is None or array.size != 1:
+            return None
+        return float(np.float32(array.reshape(())))
+
+
 def _requantize_mean(bb, total, qp, out: TensorQuant, lo: int, hi: int, count: int):
     """Requantize a sum of ``count`` int8 values as their mean: the 1/count folds into the multiplier."""
     return emit_requantize(
@@ -610,10 +946,15 @@ def _requantize_mean(bb, total, qp, out: TensorQuant, lo: int, hi: int, count: i
     )
 
 
-def lower_qdq_to_integer(mod: tvm.IRModule, log: LoweringLog | None = None) -> tvm.IRModule:
-    """Apply the rewrite to every Relax function of ``mod`` (fills ``log`` if given)."""
+def lower_qdq_to_integer(
+    mod: tvm.IRModule, log: LoweringLog | None = None, pads: dict | None = None
+) -> tvm.IRModule:
+    """Apply the rewrite to every Relax function of ``mod`` (fills ``log`` if given).
+
+    ``pads`` maps the var of each imported ONNX Pad to its :class:`PadSpec` (without one, Pad stays float).
+    """
     log = log if log is not None else LoweringLog()
-    rewriter = QdqToIntegerMutator(mod, {}, log)
+    rewriter = QdqToIntegerMutator(mod, {}, log, pads)
     for gvar, func in mod.functions_items():
         if isinstance(func, relax.Function):
             rewriter.var2val = relax.analysis.get_var2val(func)
@@ -625,8 +966,9 @@ def lower_qdq_to_integer(mod: tvm.IRModule, log: LoweringLog | None = None) -> t
 class LowerQdqToInteger:
     """Module pass wrapper: ``quantize(f(dequantize(...)))`` -> integer Relax (see module docstring)."""
 
-    def __init__(self, log: LoweringLog | None = None):
+    def __init__(self, log: LoweringLog | None = None, pads: dict | None = None):
         self.log = log if log is not None else LoweringLog()
+        self.pads = pads or {}
 
     def transform_module(self, mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
-        return lower_qdq_to_integer(mod, self.log)
+        return lower_qdq_to_integer(mod, self.log, self.pads)
