@@ -129,39 +129,20 @@ def run_verify(
     """
     started = time.perf_counter()
     build_dir = Path(build_dir)
-    info = check_classes(load_model_info(build_dir), eval_dataset)
+    check_classes(load_model_info(build_dir), eval_dataset)
     # A verify that fails half-way must not leave an earlier report looking like this run's.
     for stale in ("report.json", "report.md", "report.html"):
         (build_dir / stale).unlink(missing_ok=True)
-    quant_params = read_json(build_dir / "quant_params.json")
     if calib_names is None:
-        calib_names = calibration_frames(quant_params)
+        calib_names = calibration_frames(read_json(build_dir / "quant_params.json"))
     indices, dropped = select_frames(
         list(eval_dataset.names), calib_names, config.max_frames, config.allow_overlap
     )
-
-    float_runner = runner_kinds.float_runner(build_dir, config.threads)
-    runners = int8_runners(config, build_dir)
-
-    evaluator = Evaluator(eval_dataset, indices, info, float_runner, config.batch_size, config.num_samples)
-    scores = evaluator.score(runners)
-    main = scores["int8"]
-
-    report = assemble_report(
-        build_dir, info, evaluator, main, scores.get("qdq"), list(calib_names), dropped, quant_params, config
-    )
-    report["timings"]["verify"] = round(time.perf_counter() - started, 3)
-    write_samples(build_dir / SAMPLES_DIR, main.samples)
-    path = write_json_atomic(build_dir / "report.json", report)
-    return VerifyResult(
-        report_path=path,
-        float_miou=report["float_miou"],
-        int8_miou=report["int8_miou"],
-        miou_drop=report["miou_drop"],
-        pixel_agreement=report["pixel_agreement"],
-        int8_runner=main.runner,
-        frames_eval=tuple(evaluator.names),
-        report=report,
+    # One pass over every frame is the one-shard case of a sharded evaluation (see score_frames).
+    scores = score_frames(config, build_dir, eval_dataset, indices)
+    return report_from_scores(
+        config, build_dir, eval_dataset, indices, [scores], list(calib_names), dropped,
+        seconds=time.perf_counter() - started,
     )
 
 

@@ -427,19 +427,29 @@ class QdqToIntegerMutator(PyExprMutator):
             expr = self.value(arg)
         return found
 
+    def weighted_accumulator(self, conv, qp: TensorQuant, bias, channel_axis: int):
+        """int8 weight, per-output-channel accumulator scale and int32 bias of a conv-like op.
+
+        ``channel_axis`` is where the output channels sit in the weight (0 for conv2d's OIHW,
+        1 for conv2d_transpose's IOHW); the weight scale must be per tensor or along that axis.
+        """
+        weight, w_scale, w_axis = self.weight(conv.args[1])
+        channels = weight.shape[channel_axis]
+        if w_scale.size not in (1, channels) or (w_scale.size > 1 and w_axis != channel_axis):
+            raise Unlowerable(f"{_op_name(conv)} weight scale is neither per tensor nor per output channel")
+        acc_scale = qp.scale * np.broadcast_to(w_scale, (channels,))
+        bias_int = np.zeros(channels, np.int64)
+        if bias is not None:
+            bias_int = self.bias_in_accumulator(bias, acc_scale, channels).astype(np.int64)
+        return weight, acc_scale, bias_int
+
     def lower_conv(self, conv, out: TensorQuant, lo: int, hi: int, bias=None, bias_var=None):
         attrs = conv.attrs
         if attrs.data_layout != "NCHW" or attrs.kernel_layout != "OIHW" or attrs.out_layout != "NCHW":
             raise Unlowerable(f"conv2d layout {attrs.data_layout}/{attrs.kernel_layout} is not NCHW/OIHW")
         data, qp = self.activation(conv.args[0])
-        weight, w_scale, w_axis = self.weight(conv.args[1])
+        weight, acc_scale, bias_int = self.weighted_accumulator(conv, qp, bias, channel_axis=0)
         channels = weight.shape[0]
-        if w_scale.size not in (1, channels) or (w_scale.size > 1 and w_axis != 0):
-            raise Unlowerable("conv weight scale is neither per tensor nor per output channel")
-        acc_scale = qp.scale * np.broadcast_to(w_scale, (channels,))
-        bias_int = np.zeros(channels, np.int64)
-        if bias is not None:
-            bias_int = self.bias_in_accumulator(bias, acc_scale, channels).astype(np.int64)
         bb = self.builder_
         x = self.int_input(data)
         padding = [int(p) for p in attrs.padding]
@@ -492,14 +502,8 @@ class QdqToIntegerMutator(PyExprMutator):
         if int(attrs.groups) != 1:
             raise Unlowerable("grouped conv2d_transpose (its per-channel weight scales have no single axis)")
         data, qp = self.activation(conv.args[0])
-        weight, w_scale, w_axis = self.weight(conv.args[1])
+        weight, acc_scale, bias_int = self.weighted_accumulator(conv, qp, bias, channel_axis=1)
         channels = weight.shape[1]
-        if w_scale.size not in (1, channels) or (w_scale.size > 1 and w_axis != 1):
-            raise Unlowerable("conv2d_transpose weight scale is neither per tensor nor per output channel")
-        acc_scale = qp.scale * np.broadcast_to(w_scale, (channels,))
-        bias_int = np.zeros(channels, np.int64)
-        if bias is not None:
-            bias_int = self.bias_in_accumulator(bias, acc_scale, channels).astype(np.int64)
         bb = self.builder_
         x = self.int_input(data)
         w = const(weight, "int8")
