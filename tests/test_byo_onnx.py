@@ -337,3 +337,32 @@ def test_paddle_pp_ocr_text_detector_compiles_and_verifies(tmp_path):
     assert report["pixel_agreement"] > 97.0
     export_record = json.loads((tmp_path / "build" / "export.json").read_text())
     assert any("upgraded opset 12 -> 18" in note for note in export_record["notes"])
+
+
+def test_a_conv_whose_weight_is_computed_is_planned_float_instead_of_refused(tmp_path):
+    """Some exporters compute weights in the graph (here an Identity in front of the initializer)."""
+    from onnx import numpy_helper
+
+    from segcompile.modelinfo import ModelInfo, attach_model_info
+    from segcompile.quantize.plan import build_plan
+    from segcompile.quantize.stage import QuantizeConfig, run_quantize
+
+    rng = np.random.default_rng(0)
+    weight = numpy_helper.from_array(rng.standard_normal((4, 3, 3, 3)).astype(np.float32), "w0")
+    nodes = [
+        helper.make_node("Identity", ["w0"], ["w"], name="weights/identity"),
+        helper.make_node("Conv", ["input", "w"], ["c"], name="head/conv", pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c"], ["logits"], name="head/relu"),
+    ]
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, 8, 8])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 4, 8, 8])], [weight],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    assert build_plan(model).float_ops == {"head/conv": "Conv"}
+    attach_model_info(model, ModelInfo(name="computed", num_classes=4, input_size=(8, 8)))
+    onnx.save(model, tmp_path / "float.onnx")
+    frames = [rng.standard_normal((1, 3, 8, 8)).astype(np.float32) for _ in range(2)]
+    result = run_quantize(QuantizeConfig(frames=2), tmp_path / "float.onnx", frames, tmp_path)
+    session = ort.InferenceSession(str(result.qdq_onnx), providers=["CPUExecutionProvider"])
+    assert session.run(None, {"input": frames[0]})[0].shape == (1, 4, 8, 8)

@@ -169,6 +169,17 @@ def is_quantizable(node: onnx.NodeProto) -> bool:
     return node.op_type in RANGE_OPS or node.op_type in SHARED_OPS or node.op_type in WEIGHTED_OPS
 
 
+def _has_computed_weights(node: onnx.NodeProto, consts: dict[str, np.ndarray]) -> bool:
+    """A Conv/ConvTranspose whose weight or bias is computed in the graph: it stays float.
+
+    The int8 weights and int32 bias are made once, at quantization time, so they must be constants.
+    """
+    if node.op_type not in WEIGHTED_OPS:
+        return False
+    parameters = [name for name in node.input[1:3] if name]
+    return len(node.input) < 2 or any(name not in consts for name in parameters)
+
+
 def build_plan(model: onnx.ModelProto) -> QuantPlan:
     """Decide every quantized tensor of a float model (Q/DQ nodes must already be stripped)."""
     graph = model.graph
@@ -212,20 +223,14 @@ def build_plan(model: onnx.ModelProto) -> QuantPlan:
         if any(is_quantizable(n) for n in users.get(inp.name, [])):
             want(inp.name)
     for node in graph.node:
-        if not is_quantizable(node):
+        if not is_quantizable(node) or _has_computed_weights(node, consts):
             if node.op_type != "Constant":
                 plan.float_ops[node.name] = node.op_type
             continue
         for name in _data_inputs(node):
             want(name)
         if node.op_type in WEIGHTED_OPS:
-            if len(node.input) < 2 or node.input[1] not in consts:
-                raise SegcompileError(
-                    f"node {node.name!r} ({node.op_type}): weight {node.input[1]!r} is not a constant"
-                )
             bias = node.input[2] if len(node.input) > 2 and node.input[2] else None
-            if bias is not None and bias not in consts:
-                raise SegcompileError(f"node {node.name!r}: bias {bias!r} is not a constant initializer")
             group = next((a.i for a in node.attribute if a.name == "group"), 1)
             plan.weighted.append(
                 WeightedNode(
