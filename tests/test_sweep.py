@@ -451,3 +451,8 @@ def test_a_failed_build_is_named_in_the_table_and_the_exit_code(tmp_path):
     assert row["status"] == "failed" and f"{tmp_path / 'other.pt'}: does not fit {DEMO}" in row["error"]
     assert "failed: " in (tmp_path / "out" / "logs" / f"{DEMO}@64x48__host__minmax.log").read_text()
     assert not (tmp_path / "out" / row["folder"] / "manifest.json").exists()
+
+
+def test_the_example_sweep_file_is_valid():
+    example = Path(__file__).resolve().parents[1] / "examples" / "sweep-demo.yaml"
+    assert len(expand_jobs(load_sweep(example), Path("unused"))) == 9
