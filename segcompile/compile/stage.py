@@ -117,12 +117,6 @@ def run_compile(
     qdq = import_qdq(qdq_onnx)
     mod, lowering = lower_to_integer(qdq)
 
-    host_library = None
-    if config.host_reference:
-        with atomic_path(out_dir / HOST_DIR) as temp:
-            build_for_host(mod, temp)
-        host_library = out_dir / HOST_DIR / "model.so"
-
     partition = sources = check = None
     partitioned = mod
     dsp = profile.dsp_core
@@ -143,6 +137,19 @@ def run_compile(
             database = database_for_core(profile.name, qdq_onnx, qdq.input_shape, core)
             built = build_core(partitioned, core, temp, database=database)
         builds.append(_moved(built, out_dir / core.name))
+
+    host_library = None
+    if config.host_reference:
+        # A profile whose CPU core is this machine's (x86_64, no DSP hand-off) already built the very
+        # program the host reference is: copy it rather than compile it a second time.
+        same_program = next((b for b in builds if b.kind == "host" and b.elf_machine_name == "x86_64"), None)
+        with atomic_path(out_dir / HOST_DIR) as temp:
+            if same_program is not None and dsp is None:
+                temp.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(same_program.library, temp / "model.so")
+            else:
+                build_for_host(mod, temp)
+        host_library = out_dir / HOST_DIR / "model.so"
 
     if dsp is not None and partition.subgraphs:
         with atomic_path(out_dir / dsp.name) as temp:
