@@ -20,11 +20,21 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from segcompile.compile.dot_product_conv import CONV_BLOCK, PACK_BLOCK, schedule_dot_product_conv
+
 # IterVar.iter_type values of TIR blocks.
 _SPATIAL, _REDUCE = 0, 2
+# tirx.ForKind.PARALLEL
+_PARALLEL = 1
 # Vector width candidates along the output width and register-block sizes along output channels.
 _WIDTH_TILES = (16, 8, 4)
 _CHANNEL_TILES = (8, 4, 2)
+# Channels-last register blocks: pixels along a row x vectors of output channels (<= 24 accumulators).
+_PIXEL_TILES = (8, 7, 6, 5, 4, 3, 2, 1)
+_CHANNEL_VECTOR_TILES = (3, 2, 1)
+_MAX_ACCUMULATORS = 24
+# Input rows one output row may pad for itself (3x3 at stride 2 needs 3).
+_MAX_PADDED_ROWS_PER_ROW = 4
 # Set on a kernel this module scheduled (MetaSchedule's ApplyDatabase marks its own with tirx.is_scheduled).
 SCHEDULED_ATTR = "segcompile.hand_scheduled"
 
@@ -39,9 +49,15 @@ def schedule_kernel(func):
     for name in _block_names(sch):
         block = sch.get_sblock(name)
         # Padding stays a block of its own: inlined, it puts a bounds check into the innermost conv loop.
-        if name in outputs or _is_reduction(sch, block) or name.startswith("pad"):
+        if name in outputs or _is_reduction(sch, block) or name.startswith(("pad", PACK_BLOCK)):
             continue
         sch = _attempt(sch, lambda s, n=name: s.compute_inline(s.get_sblock(n)))
+    dot_convs = [name for name in _block_names(sch) if name.startswith(CONV_BLOCK)]
+    if len(dot_convs) == 1 and len(outputs) == 1:
+        # A VNNI convolution (dot_product_conv.py) has a schedule of its own; it must apply (tensorize
+        # cannot be half-done), so a failure here is an error, not a fallback.
+        schedule_dot_product_conv(sch, dot_convs[0], next(iter(outputs)))
+        return sch.mod["main"].with_attr(SCHEDULED_ATTR, True)
     for name in _block_names(sch):
         if name in outputs and _is_reduction(sch, sch.get_sblock(name)):
             # A reduction writing the function's output is given a buffer of its own (copied out by a
@@ -119,7 +135,9 @@ def _tile_reduction(sch, name: str) -> None:
     if split is None:
         raise ValueError(f"{name}: already transformed")
     spatial, reduce = split
-    if len(spatial) == 4 and reduce:
+    if len(spatial) == 4 and reduce and "nhwc" in name:
+        _tile_channels_last(sch, name, spatial, reduce)
+    elif len(spatial) == 4 and reduce:
         # NCHW conv/pool: n, channel, height, width -> n, c_o, h, w_o | reduce | c_i (unrolled), w_i (vector)
         batch, channel, height, width = spatial
         width_tile = _factor(sch, width, _WIDTH_TILES)
@@ -154,8 +172,74 @@ def _tile_reduction(sch, name: str) -> None:
         raise ValueError(f"{name}: no spatial loops to parallelize")
 
 
+def _tile_channels_last(sch, name: str, spatial: list, reduce: list) -> None:
+    """NHWC conv (HWIO weights): output channels are the vector lanes (the weights of one tap and input
+    channel are contiguous over them), a row segment of pixels x a few vectors of channels is the
+    register block, and the fused epilogue (bias, activation, requantize) runs on each block while it is
+    still in cache. n, h, w_o, c_oo | taps, input channels | w_i (unrolled), c_oi (unrolled), c_v (vector).
+    """
+    batch, row, col, channel = spatial
+    lanes = _factor(sch, channel, _WIDTH_TILES) or int(sch.get(channel).extent)
+    channel_outer, channel_lanes = sch.split(channel, [None, lanes])
+    vectors = int(sch.get(channel_outer).extent)
+    vector_tile = next(t for t in _CHANNEL_VECTOR_TILES if vectors % t == 0)
+    channel_outer, channel_block = sch.split(channel_outer, [None, vector_tile])
+    width = int(sch.get(col).extent)
+    pixel_tile = next(t for t in _PIXEL_TILES if width % t == 0 and t * vector_tile <= _MAX_ACCUMULATORS)
+    col_outer, col_inner = sch.split(col, [None, pixel_tile])
+    sch.reorder(batch, row, col_outer, channel_outer, *reduce, col_inner, channel_block, channel_lanes)
+    # The register block accumulates in a "local" buffer: LLVM gets a small stack array it can keep in
+    # registers (a "global" tile over 1 KiB would be a heap workspace, loaded and stored every tap).
+    accumulators = sch.cache_write(sch.get_sblock(name), 0, "local")
+    sch.reverse_compute_at(accumulators, channel_outer)
+    _vectorize_inner(sch, sch.get_loops(accumulators)[-1])
+    consumers = sch.get_consumers(accumulators)
+    if len(consumers) == 1:
+        # The epilogue block follows each register block instead of a second pass over the whole output.
+        consumer = consumers[0]
+        try:
+            sch.reverse_compute_at(consumer, channel_outer)
+            epilogue = sch.get_loops(consumer)[-1]
+            extent = int(sch.get(epilogue).extent)
+            if extent > lanes and extent % lanes == 0:
+                epilogue = sch.split(epilogue, [None, lanes])[1]
+            sch.vectorize(epilogue)
+        except Exception:  # a consumer this loop cannot host keeps its own pass (scheduled below)
+            pass
+    rows = sch.fuse(batch, row)
+    sch.parallel(rows)
+    compute_padding_per_row(sch, sch.get_sblock(name), rows)
+    sch.unroll(col_inner)
+    sch.unroll(channel_block)
+    sch.vectorize(channel_lanes)
+    sch.decompose_reduction(sch.get_sblock(name), reduce[0])
+
+
+def compute_padding_per_row(sch, block, rows) -> None:
+    """Pad (or pack) the input rows one output row needs inside the ``rows`` loop: a few rows stay in
+    cache, where padding the whole input first writes and re-reads a full copy of the activation."""
+    for producer in sch.get_producers(block):
+        if not sch.get(producer).name_hint.startswith(("pad", PACK_BLOCK)):
+            continue
+        # A dilated kernel (ASPP: dilation 12-18) needs dozens of input rows per output row: padding
+        # them again for every row would cost more than padding the input once.
+        trial = sch.copy()  # random variables (blocks, loops) stay valid in a copy
+        trial.compute_at(producer, rows)
+        rows_per_row = int(trial.get(trial.get_loops(producer)[1]).extent)
+        if rows_per_row > _MAX_PADDED_ROWS_PER_ROW:
+            continue
+        sch.compute_at(producer, rows)
+        innermost = sch.get_loops(producer)[-1]
+        extent = int(sch.get(innermost).extent)
+        if extent > _WIDTH_TILES[0] and extent % _WIDTH_TILES[0] == 0:
+            innermost = sch.split(innermost, [None, _WIDTH_TILES[0]])[1]
+        sch.vectorize(innermost)
+
+
 def _parallel_vector(sch, name: str) -> None:
     loops = sch.get_loops(sch.get_sblock(name))
+    if any(int(sch.get(loop).kind) == _PARALLEL for loop in loops):
+        return  # placed inside a scheduled kernel's parallel loop already (padding, epilogue)
     if len(loops) >= 3:
         sch.parallel(sch.fuse(*loops[:2]))
     elif len(loops) == 2:

@@ -138,8 +138,29 @@ def legalize(mod, target):
     import tvm.relax.backend.cpu_generic.pipeline as cpu
 
     with target:
-        passes = cpu.library_dispatch_passes(target) + cpu.legalize_passes(target)
+        passes = layout_passes(target) + cpu.library_dispatch_passes(target) + cpu.legalize_passes(target)
         return tvm.transform.Sequential(passes)(mod)
+
+
+def layout_passes(target) -> list:
+    """Channels-last convolutions on x86, and VNNI dot-product kernels for int8 ones where the CPU has VNNI.
+
+    NHWC puts the output channels innermost: convolutions vectorize along channels (every layer has a
+    multiple of 8 or 16) instead of along image rows of any width, and int8 dot products need four input
+    channels side by side. ConvertLayout carries the layout through the elementwise chain and transposes
+    only where an operator has no NHWC form (a few resizes, the entrance and the exit).
+    """
+    from tvm import relax
+
+    from segcompile.compile.dot_product_conv import rewrite_int8_convolutions, supports_vnni
+    from segcompile.compile.passes import ClipKernelsToOps, PadConvOutputChannels
+
+    if not str(target.attrs.get("mtriple", "")).startswith("x86_64"):
+        return []
+    passes = [ClipKernelsToOps(), relax.transform.ConvertLayout({"relax.nn.conv2d": ["NHWC", "HWIO"]})]
+    if supports_vnni(target):
+        passes.append(rewrite_int8_convolutions())
+    return [*passes, PadConvOutputChannels(16)]
 
 
 def tuned_pipeline(target, database=None, hand_schedules: bool = True):
@@ -165,7 +186,8 @@ def tuned_pipeline(target, database=None, hand_schedules: bool = True):
             # Scheduling comes after FuseTIR (in legalize_passes): the kernels then have the structure
             # the tuning tasks were extracted with.
             passes = (
-                cpu.library_dispatch_passes(target)
+                layout_passes(target)
+                + cpu.library_dispatch_passes(target)
                 + cpu.legalize_passes(target)
                 + scheduling
                 + cpu.dataflow_lower_passes(target)

@@ -1,5 +1,7 @@
 """Relax passes of the compile stage (one pass, one idea, as in tvm.relax.transform)."""
 
+from segcompile.compile.passes.clip_kernels_to_ops import ClipKernelsToOps
 from segcompile.compile.passes.lower_qdq_to_integer import LoweringLog, LowerQdqToInteger
+from segcompile.compile.passes.pad_conv_channels import PadConvOutputChannels
 
-__all__ = ["LowerQdqToInteger", "LoweringLog"]
+__all__ = ["ClipKernelsToOps", "LowerQdqToInteger", "LoweringLog", "PadConvOutputChannels"]
