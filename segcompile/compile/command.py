@@ -102,8 +102,9 @@ def targets_show(name: str, as_json: bool) -> None:
             )
         else:
             features = ",".join(core.mattr) or "-"
+            cpu = _cpu_shown(core.mcpu)
             click.echo(
-                f"  core {core.name}: {core.kind} {core.triple} mcpu={core.mcpu} mattr={features} "
+                f"  core {core.name}: {core.kind} {core.triple} mcpu={cpu} mattr={features} "
                 f"{core.vector_width_bits}-bit vectors, linked with {core.cross_compiler}"
             )
     quant = ", ".join(f"{k}={v}" for k, v in sorted(profile.quantization.items()))
@@ -113,3 +114,9 @@ def targets_show(name: str, as_json: bool) -> None:
             f"  accelerator ops ({len(profile.accelerator_ops)}): {', '.join(profile.accelerator_ops)}"
         )
         click.echo(f"  max subgraphs: {profile.max_subgraphs}")
+
+
+def _cpu_shown(mcpu: str | None) -> str | None:
+    from segcompile.compile.targets import NATIVE_CPU, resolve_mcpu
+
+    return f"{NATIVE_CPU} ({resolve_mcpu(mcpu)} here)" if mcpu == NATIVE_CPU else mcpu

@@ -27,6 +27,9 @@ SUPPORTED_TRIPLES: dict[str, TripleInfo] = {
     "arm-linux-gnueabihf": TripleInfo(40, 1, "arm", "gcc-arm-linux-gnueabihf"),
 }
 
+# A profile's mcpu that means "the CPU of the machine doing the build" (the host profile).
+NATIVE_CPU = "native"
+
 # The DSP gets C from TVM's 'c' target; the C is plain C99 with no CPU-specific code.
 C_TARGET: dict[str, Any] = {"kind": "c"}
 
@@ -35,13 +38,26 @@ def target_dict(core: CoreSpec) -> dict[str, Any]:
     """The TVM target (a JSON dict; TVM 0.27 rejects target strings) for an arm/host core."""
     if core.kind == "dsp":
         return dict(C_TARGET)
-    target: dict[str, Any] = {"kind": "llvm", "mtriple": core.triple, "mcpu": core.mcpu}
+    target: dict[str, Any] = {"kind": "llvm", "mtriple": core.triple, "mcpu": resolve_mcpu(core.mcpu)}
     if core.mattr:
         target["mattr"] = list(core.mattr)
     if core.mfloat_abi:
         # Without it an armv7 hard-float link fails with "uses VFP register arguments".
         target["mfloat-abi"] = core.mfloat_abi
     return target
+
+
+def resolve_mcpu(mcpu: str | None) -> str | None:
+    """``native`` -> the build machine's CPU as LLVM names it (e.g. ``znver4``); other names unchanged.
+
+    The name, not ``native``, goes into the target, the manifest and the tuning key, so a build says
+    which CPU its code needs and a tuning database is never applied to a different CPU.
+    """
+    if mcpu != NATIVE_CPU:
+        return mcpu
+    import tvm.target.codegen
+
+    return str(tvm.target.codegen.llvm_get_system_cpu())
 
 
 def tvm_target(core: CoreSpec):

@@ -24,6 +24,7 @@ import numpy as np
 from segcompile import __version__
 from segcompile.artifacts import sha256_file
 from segcompile.compile.profiles import CoreSpec, TargetProfile, load_profile
+from segcompile.compile.targets import resolve_mcpu
 from segcompile.errors import SegcompileError
 from segcompile.perf.runners import RunnerSpec
 
@@ -69,11 +70,7 @@ def bench_core(profile: TargetProfile, mcpu: str | None = None) -> CoreSpec:
 
     for core in profile.cores:
         if core.kind in ("host", "arm") and core.triple == "x86_64-linux-gnu":
-            if mcpu == "native":
-                import tvm.target.codegen
-
-                mcpu = str(tvm.target.codegen.llvm_get_system_cpu())
-            return replace(core, mcpu=mcpu) if mcpu else core
+            return replace(core, mcpu=resolve_mcpu(mcpu)) if mcpu else core
     raise SegcompileError(
         f"--target {profile.name}: no x86_64 core to run here; benchmarks run on this machine "
         "(use --target host; cross-built libraries only run on the board)"
