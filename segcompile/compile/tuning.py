@@ -157,7 +157,9 @@ def layout_passes(target) -> list:
 
     if not str(target.attrs.get("mtriple", "")).startswith("x86_64"):
         return []
-    passes = [ClipKernelsToOps(), relax.transform.ConvertLayout({"relax.nn.conv2d": ["NHWC", "HWIO"]})]
+    # conv2d_transpose stays NCHW: TVM has no NHWC legalization for it (the VM would meet the bare op).
+    desired = {"relax.nn.conv2d": ["NHWC", "HWIO"], "relax.nn.conv2d_transpose": ["NCHW", "IOHW"]}
+    passes = [ClipKernelsToOps(), relax.transform.ConvertLayout(desired)]
     if supports_vnni(target):
         passes.append(rewrite_int8_convolutions())
     return [*passes, PadConvOutputChannels(16)]
