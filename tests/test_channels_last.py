@@ -135,3 +135,70 @@ def test_host_profile_builds_for_this_machines_cpu_by_name():
     assert core.mcpu == "native"
     target = target_dict(core)
     assert target["mcpu"] == str(tvm.target.codegen.llvm_get_system_cpu()) != "native"
+
+
+def _conv_resize_model(mode: str, scale: float) -> onnx.ModelProto:
+    """Conv(1x1) -> Resize(linear, ``mode``, x``scale``) -> Conv(1x1) -> Resize: a decoder upsample
+    (channels-last, between convolutions) and a final upsample to the NCHW output."""
+    rng = np.random.default_rng(4)
+    out_h, out_w = int(SHAPE[2] * scale), int(SHAPE[3] * scale)
+    inits = [
+        numpy_helper.from_array(rng.standard_normal((16, SHAPE[1], 1, 1)).astype(np.float32), "w1"),
+        numpy_helper.from_array(rng.standard_normal((5, 16, 1, 1)).astype(np.float32), "w2"),
+        numpy_helper.from_array(np.array([1, 16, out_h, out_w], np.int64), "size1"),
+        numpy_helper.from_array(np.array([1, 5, 2 * out_h, 2 * out_w], np.int64), "size2"),
+    ]
+    resize = {"mode": "linear", "coordinate_transformation_mode": mode}
+    nodes = [
+        helper.make_node("Conv", ["x", "w1"], ["c1"]),
+        helper.make_node("Resize", ["c1", "", "", "size1"], ["r1"], **resize),
+        helper.make_node("Conv", ["r1", "w2"], ["c2"]),
+        helper.make_node("Resize", ["c2", "", "", "size2"], ["y"], **resize),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "conv_resize",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(SHAPE))],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 5, 2 * out_h, 2 * out_w])],
+        inits,
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+
+
+@pytest.mark.parametrize(
+    ("mode", "scale"),
+    [("half_pixel", 4), ("align_corners", 2), ("asymmetric", 3), ("pytorch_half_pixel", 2.5)],
+)
+def test_linear_resize_by_tap_tables_matches_onnxruntime(mode, scale):
+    from tvm import relax
+
+    from segcompile.compile.passes import ClipKernelsToOps, ResizeToTapTables
+
+    model = _conv_resize_model(mode, scale)
+    channels_last = tvm_sequential(
+        [ClipKernelsToOps(), relax.transform.ConvertLayout({"relax.nn.conv2d": ["NHWC", "HWIO"]})]
+    )(_import(model))
+    rewritten = ResizeToTapTables()(channels_last)
+    assert _calls(rewritten, "relax.image.resize2d") == 0
+    kernels = sorted(gv.name_hint for gv, f in rewritten.functions.items() if "tap_resize" in gv.name_hint)
+    assert len(kernels) == 2
+    data = np.random.default_rng(5).standard_normal(SHAPE).astype(np.float32)
+    np.testing.assert_allclose(_run(rewritten, data), _onnxruntime(model, data), rtol=1e-5, atol=1e-4)
+
+
+def test_final_resize_transposes_its_small_input_instead_of_its_large_output():
+    from tvm import relax
+
+    from segcompile.compile.passes import ResizeToTapTables
+
+    model = _conv_resize_model("half_pixel", 4)
+    channels_last = relax.transform.ConvertLayout({"relax.nn.conv2d": ["NHWC", "HWIO"]})(_import(model))
+    rewritten = ResizeToTapTables()(channels_last)
+    text = rewritten["main"].script()
+    out_h, out_w = 2 * SHAPE[2] * 4, 2 * SHAPE[3] * 4
+    # The graph output comes straight from an NCHW resize: no channels-last tensor of the full output
+    # size exists (the transpose happens before the upsample, on 16x fewer pixels).
+    assert f"R.Tensor((1, 5, {out_h}, {out_w})" in text
+    assert f"(1, {out_h}, {out_w}, 5)" not in text
+    data = np.random.default_rng(6).standard_normal(SHAPE).astype(np.float32)
+    np.testing.assert_allclose(_run(rewritten, data), _onnxruntime(model, data), rtol=1e-5, atol=1e-4)

@@ -263,7 +263,7 @@ def rewrite_int8_convolutions():
             )
             if geometry not in self.kernels:
                 name = f"dot_product_conv2d_{len(self.kernels)}"
-                kernel = dot_product_conv2d(geometry).with_attr("global_symbol", name)
+                kernel = dot_product_conv2d(geometry).without_attr("global_symbol")  # private
                 self.kernels[geometry] = self.builder_.add_func(kernel, name)
             packed, correction = pack_weight(weight, geometry)
             return relax.call_tir(

@@ -153,13 +153,13 @@ def layout_passes(target) -> list:
     from tvm import relax
 
     from segcompile.compile.dot_product_conv import rewrite_int8_convolutions, supports_vnni
-    from segcompile.compile.passes import ClipKernelsToOps, PadConvOutputChannels
+    from segcompile.compile.passes import ClipKernelsToOps, PadConvOutputChannels, ResizeToTapTables
 
     if not str(target.attrs.get("mtriple", "")).startswith("x86_64"):
         return []
     # conv2d_transpose stays NCHW: TVM has no NHWC legalization for it (the VM would meet the bare op).
     desired = {"relax.nn.conv2d": ["NHWC", "HWIO"], "relax.nn.conv2d_transpose": ["NCHW", "IOHW"]}
-    passes = [ClipKernelsToOps(), relax.transform.ConvertLayout(desired)]
+    passes = [ClipKernelsToOps(), relax.transform.ConvertLayout(desired), ResizeToTapTables()]
     if supports_vnni(target):
         passes.append(rewrite_int8_convolutions())
     return [*passes, PadConvOutputChannels(16)]

@@ -3,5 +3,12 @@
 from segcompile.compile.passes.clip_kernels_to_ops import ClipKernelsToOps
 from segcompile.compile.passes.lower_qdq_to_integer import LoweringLog, LowerQdqToInteger
 from segcompile.compile.passes.pad_conv_channels import PadConvOutputChannels
+from segcompile.compile.passes.resize_tap_tables import ResizeToTapTables
 
-__all__ = ["ClipKernelsToOps", "LowerQdqToInteger", "LoweringLog", "PadConvOutputChannels"]
+__all__ = [
+    "ClipKernelsToOps",
+    "LowerQdqToInteger",
+    "LoweringLog",
+    "PadConvOutputChannels",
+    "ResizeToTapTables",
+]

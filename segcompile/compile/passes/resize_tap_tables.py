@@ -1,0 +1,181 @@
+"""ResizeToTapTables: float bilinear resizes become a kernel reading precomputed source rows, columns and
+weights.
+
+TVM's ``resize2d`` recomputes the source coordinate of every output pixel (a float multiply-add, a floor,
+clamps and int64 index math per axis) before its four loads; on the last layer of a segmentation network
+(21 classes upsampled x4 to 512x512) that arithmetic, not the loads, sets the time. The coordinates depend
+only on the output row and column, so they are computed once, at compile time, with the same formula as
+the integer path (``integer_kernels.resize_source_coordinates``), and the kernel is four loads and three
+lerps per output.
+
+The layout is chosen for the loads: a resize feeding the NCHW graph output (``permute_dims`` of an NHWC
+resize, what ConvertLayout leaves at the exit) is turned around so that it transposes the small input and
+resizes in NCHW, where a row of the output reads one or two rows of the input.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import tvm
+from tvm import relax
+
+from segcompile.compile.passes.integer_kernels import resize_source_coordinates
+
+# Block name of the kernel (cpu_schedules.py gives it its schedule).
+RESIZE_BLOCK = "tap_resize"
+# Relax's kOpaque: nothing fuses into the kernel (a fused transpose would turn its row loads into gathers).
+_OPAQUE = 8
+_MODES = ("half_pixel", "pytorch_half_pixel", "align_corners", "asymmetric")
+_TO_NCHW = [0, 3, 1, 2]
+
+
+def _is_call(expr, name: str) -> bool:
+    return isinstance(expr, relax.Call) and isinstance(expr.op, tvm.ir.Op) and expr.op.name == name
+
+
+def axis_taps(out_size: int, in_size: int, mode: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """First and second source index (int32) and the weight of the second (float32) per output index."""
+    source = np.clip(resize_source_coordinates(out_size, in_size, mode), 0, in_size - 1)
+    first = np.floor(source)
+    second = np.minimum(first + 1, in_size - 1)
+    return first.astype(np.int32), second.astype(np.int32), (source - first).astype(np.float32)
+
+
+def tap_resize_kernel(in_shape: tuple[int, ...], out_hw: tuple[int, int], layout: str, dtype: str):
+    """The kernel ``(data, rows0, rows1, row_weight, cols0, cols1, col_weight) -> resized``."""
+    from tvm import te, tirx
+
+    def shape(*dims: int) -> list:
+        return [tirx.IntImm("int64", d) for d in dims]
+
+    n, c, h, w = (in_shape[0], in_shape[1], in_shape[2], in_shape[3]) if layout == "NCHW" else (
+        in_shape[0], in_shape[3], in_shape[1], in_shape[2]
+    )
+    out_h, out_w = out_hw
+    data = te.placeholder(shape(*in_shape), dtype, "data")
+    rows = [te.placeholder(shape(out_h), "int32", name) for name in ("rows0", "rows1")]
+    row_weight = te.placeholder(shape(out_h), "float32", "row_weight")
+    cols = [te.placeholder(shape(out_w), "int32", name) for name in ("cols0", "cols1")]
+    col_weight = te.placeholder(shape(out_w), "float32", "col_weight")
+
+    def load(b, ch, y, x):
+        return data[b, ch, y, x] if layout == "NCHW" else data[b, y, x, ch]
+
+    def value(b, ch, y, x):
+        def lerp(a, z, t):
+            return a + (z - a) * t
+
+        top, bottom = (
+            lerp(load(b, ch, r[y], cols[0][x]), load(b, ch, r[y], cols[1][x]), col_weight[x]) for r in rows
+        )
+        return lerp(top, bottom, row_weight[y])
+
+    if layout == "NCHW":
+        out = te.compute(shape(n, c, out_h, out_w), lambda b, ch, y, x: value(b, ch, y, x), name=RESIZE_BLOCK)
+    else:
+        out = te.compute(shape(n, out_h, out_w, c), lambda b, y, x, ch: value(b, ch, y, x), name=RESIZE_BLOCK)
+    func = te.create_prim_func([data, *rows, row_weight, *cols, col_weight, out])
+    return func.with_attr("op_pattern", _OPAQUE)
+
+
+@relax.expr_functor.mutator
+class _ResizeRewriter(relax.PyExprMutator):
+    def __init__(self, mod, bindings: dict, uses: dict):
+        super().__init__(mod)
+        self.bindings = bindings
+        self.uses = uses
+        self.kernels: dict[tuple, tvm.ir.GlobalVar] = {}
+
+    def supported(self, call) -> bool:
+        attrs = call.attrs
+        info = call.args[0].ty
+        return (
+            _is_call(call, "relax.image.resize2d")
+            and str(attrs.method) == "linear"
+            and str(attrs.coordinate_transformation_mode) in _MODES
+            and str(attrs.layout) in ("NCHW", "NHWC")
+            and str(info.dtype) == "float32"
+            and all(float(r) == 0.0 for r in attrs.roi)
+            and all(isinstance(d, tvm.tirx.IntImm) for d in info.shape.values)
+            and all(isinstance(d, tvm.tirx.IntImm) for d in call.ty.shape.values)
+        )
+
+    def emit_resize(self, data, layout: str, out_hw: tuple[int, int], mode: str):
+        in_shape = tuple(int(d) for d in data.ty.shape.values)
+        in_h, in_w = (in_shape[2], in_shape[3]) if layout == "NCHW" else (in_shape[1], in_shape[2])
+        key = (in_shape, out_hw, layout)
+        if key not in self.kernels:
+            name = f"tap_resize_{len(self.kernels)}"
+            # Private (no global_symbol): dead-code elimination drops a kernel whose call was turned around.
+            kernel = tap_resize_kernel(in_shape, out_hw, layout, "float32").without_attr("global_symbol")
+            self.kernels[key] = self.builder_.add_func(kernel, name)
+        rows = axis_taps(out_hw[0], in_h, mode)
+        cols = axis_taps(out_hw[1], in_w, mode)
+        n, c = in_shape[0], in_shape[1] if layout == "NCHW" else in_shape[3]
+        out_shape = (n, c, *out_hw) if layout == "NCHW" else (n, *out_hw, c)
+        tables = [relax.const(t) for t in (*rows, *cols)]
+        return relax.call_tir(self.kernels[key], [data, *tables], relax.TensorType(out_shape, "float32"))
+
+    def visit_call_(self, call):
+        original = call
+        call = super().visit_call_(call)
+        if _is_call(call, "relax.permute_dims") and [int(a) for a in call.attrs.axes or []] == _TO_NCHW:
+            # permute_dims(resize_nhwc(x)) -> resize_nchw(permute_dims(x)): transpose before upsampling.
+            resize = self.bindings.get(original.args[0])
+            if (
+                resize is not None
+                and self.uses.get(original.args[0], 0) == 1
+                and self.supported(resize)
+                and str(resize.attrs.layout) == "NHWC"
+            ):
+                small = self.builder_.emit(relax.op.permute_dims(self.visit_expr(resize.args[0]), _TO_NCHW))
+                return self.emit_resize(small, "NCHW", _out_hw(resize), _mode(resize))
+            return call
+        if self.supported(call):
+            return self.emit_resize(call.args[0], str(call.attrs.layout), _out_hw(call), _mode(call))
+        return call
+
+
+def _out_hw(resize) -> tuple[int, int]:
+    dims = [int(d) for d in resize.ty.shape.values]
+    return (dims[2], dims[3]) if str(resize.attrs.layout) == "NCHW" else (dims[1], dims[2])
+
+
+def _mode(resize) -> str:
+    return str(resize.attrs.coordinate_transformation_mode)
+
+
+def _bindings_and_uses(func: relax.Function) -> tuple[dict, dict]:
+    """Each dataflow var's bound value, and how many expressions use it (the unused resize of a
+    turned-around pair is dropped by dead-code elimination; a second use keeps it, correct either way)."""
+    bindings: dict = {}
+    uses: dict = {}
+    for block in func.body.blocks:
+        for binding in block.bindings:
+            bindings[binding.var] = binding.value
+            if isinstance(binding.value, relax.Call):
+                operands = list(binding.value.args)
+            elif isinstance(binding.value, relax.Tuple):
+                operands = list(binding.value.fields)
+            else:
+                operands = [binding.value]
+            for operand in operands:
+                uses[operand] = uses.get(operand, 0) + 1
+    uses[func.body.body] = uses.get(func.body.body, 0) + 1
+    return bindings, uses
+
+
+def ResizeToTapTables() -> tvm.transform.Pass:  # noqa: N802 (a pass, named like TVM's)
+    """Replace float linear ``resize2d`` (NCHW or NHWC) with the tap-table kernel."""
+
+    @tvm.transform.module_pass(opt_level=0, name="ResizeToTapTables")
+    def _pass(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
+        for gvar, func in list(mod.functions.items()):
+            if not isinstance(func, relax.Function):
+                continue
+            rewriter = _ResizeRewriter(mod, *_bindings_and_uses(func))
+            rewriter.builder_.update_func(gvar, rewriter.visit_expr(func))
+            mod = relax.transform.DeadCodeElimination()(rewriter.builder_.get())
+        return mod
+
+    return _pass
