@@ -6,9 +6,13 @@ runs one scalar multiply-add at a time. DLight has no CPU rules for convolutions
 costs minutes per kernel, so every kernel the tuning database does not cover gets this schedule:
 
 - inline every elementwise block into its consumer (one pass over memory instead of ten);
-- reductions (conv2d, depthwise conv, pooling): tile the output channels (unrolled, register blocking)
-  and the output width (vectorized: NEON on aarch64, SSE/AVX on x86 as the target allows), reduction loops
-  in between, the outer spatial loops fused and run in parallel;
+- channels-last convolutions (x86, see tuning.layout_passes): a register block of a few pixels x a few
+  vectors of output channels accumulates in a local buffer, the fused epilogue follows each block, the
+  padding of the rows a row of output needs is computed inside that row's (parallel) loop;
+- VNNI dot-product convolutions: dot_product_conv.schedule_dot_product_conv;
+- NCHW reductions (aarch64/armv7 conv2d, depthwise conv, pooling): tile the output channels (unrolled,
+  register blocking) and the output width (vectorized: NEON), reduction loops in between, the outer
+  spatial loops fused and run in parallel;
 - other blocks: outer loops fused and parallel, innermost vectorized.
 
 Only loop structure changes, never the arithmetic of a value: integer kernels stay bit-identical to the

@@ -138,8 +138,24 @@ def legalize(mod, target):
     import tvm.relax.backend.cpu_generic.pipeline as cpu
 
     with target:
-        passes = layout_passes(target) + cpu.library_dispatch_passes(target) + cpu.legalize_passes(target)
+        passes = layout_passes(target) + cpu.library_dispatch_passes(target) + legalize_passes()
         return tvm.transform.Sequential(passes)(mod)
+
+
+def legalize_passes() -> list:
+    """TVM's CPU legalization and fusion (cpu_generic.legalize_passes), with ``take`` kernels fusable."""
+    from tvm import relax
+
+    from segcompile.compile.passes import MarkTakeInjective
+
+    return [
+        relax.transform.LegalizeOps(),
+        relax.transform.AnnotateTIROpPattern(),
+        MarkTakeInjective(),
+        relax.transform.FoldConstant(),
+        relax.transform.FuseOps(),
+        relax.transform.FuseTIR(),
+    ]
 
 
 def layout_passes(target) -> list:
@@ -190,7 +206,7 @@ def tuned_pipeline(target, database=None, hand_schedules: bool = True):
             passes = (
                 layout_passes(target)
                 + cpu.library_dispatch_passes(target)
-                + cpu.legalize_passes(target)
+                + legalize_passes()
                 + scheduling
                 + cpu.dataflow_lower_passes(target)
                 + cpu.finalize_passes(target)
