@@ -25,6 +25,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from segcompile.compile.dot_product_conv import CONV_BLOCK, PACK_BLOCK, schedule_dot_product_conv
+from segcompile.compile.passes.resize_tap_tables import COLUMNS_BLOCK, schedule_tap_resize
 
 # IterVar.iter_type values of TIR blocks.
 _SPATIAL, _REDUCE = 0, 2
@@ -53,9 +54,17 @@ def schedule_kernel(func):
     for name in _block_names(sch):
         block = sch.get_sblock(name)
         # Padding stays a block of its own: inlined, it puts a bounds check into the innermost conv loop.
-        if name in outputs or _is_reduction(sch, block) or name.startswith(("pad", PACK_BLOCK)):
+        if (
+            name in outputs
+            or _is_reduction(sch, block)
+            or name.startswith(("pad", PACK_BLOCK, COLUMNS_BLOCK))
+        ):
             continue
         sch = _attempt(sch, lambda s, n=name: s.compute_inline(s.get_sblock(n)))
+    resize_columns = [name for name in _block_names(sch) if name.startswith(COLUMNS_BLOCK)]
+    if resize_columns:
+        schedule_tap_resize(sch, resize_columns[0])
+        return sch.mod["main"].with_attr(SCHEDULED_ATTR, True)
     dot_convs = [name for name in _block_names(sch) if name.startswith(CONV_BLOCK)]
     if len(dot_convs) == 1 and len(outputs) == 1:
         # A VNNI convolution (dot_product_conv.py) has a schedule of its own; it must apply (tensorize
@@ -180,7 +189,8 @@ def _tile_channels_last(sch, name: str, spatial: list, reduce: list) -> None:
     """NHWC conv (HWIO weights): output channels are the vector lanes (the weights of one tap and input
     channel are contiguous over them), a row segment of pixels x a few vectors of channels is the
     register block, and the fused epilogue (bias, activation, requantize) runs on each block while it is
-    still in cache. n, h, w_o, c_oo | taps, input channels | w_i (unrolled), c_oi (unrolled), c_v (vector).
+    still in cache. n, h (parallel) | w_o, c_oo | taps, input channels | w_i (unrolled), c_oi (unrolled),
+    c_v (vector). (Depthwise layers at high resolution are bound by memory traffic, not by this order.)
     """
     batch, row, col, channel = spatial
     lanes = _factor(sch, channel, _WIDTH_TILES) or int(sch.get(channel).extent)
@@ -191,10 +201,12 @@ def _tile_channels_last(sch, name: str, spatial: list, reduce: list) -> None:
     width = int(sch.get(col).extent)
     pixel_tile = next(t for t in _PIXEL_TILES if width % t == 0 and t * vector_tile <= _MAX_ACCUMULATORS)
     col_outer, col_inner = sch.split(col, [None, pixel_tile])
+    block = sch.get_sblock(name)
+    padding = [p for p in sch.get_producers(block) if sch.get(p).name_hint.startswith("pad")]
     sch.reorder(batch, row, col_outer, channel_outer, *reduce, col_inner, channel_block, channel_lanes)
     # The register block accumulates in a "local" buffer: LLVM gets a small stack array it can keep in
     # registers (a "global" tile over 1 KiB would be a heap workspace, loaded and stored every tap).
-    accumulators = sch.cache_write(sch.get_sblock(name), 0, "local")
+    accumulators = sch.cache_write(block, 0, "local")
     sch.reverse_compute_at(accumulators, channel_outer)
     _vectorize_inner(sch, sch.get_loops(accumulators)[-1])
     consumers = sch.get_consumers(accumulators)
@@ -212,32 +224,50 @@ def _tile_channels_last(sch, name: str, spatial: list, reduce: list) -> None:
             pass
     rows = sch.fuse(batch, row)
     sch.parallel(rows)
-    compute_padding_per_row(sch, sch.get_sblock(name), rows)
+    for pad in padding:
+        if _is_copy(sch, pad):
+            sch.compute_inline(pad)  # a 1x1 convolution's pad_temp pads nothing: read the input itself
+        else:
+            _compute_padding_at(sch, pad, rows)
     sch.unroll(col_inner)
     sch.unroll(channel_block)
     sch.vectorize(channel_lanes)
-    sch.decompose_reduction(sch.get_sblock(name), reduce[0])
+    sch.decompose_reduction(block, reduce[0])
+
+
+def _is_copy(sch, block) -> bool:
+    """Whether a padding block pads nothing (its value is a plain load)."""
+    import tvm
+    from tvm import tirx
+
+    body = sch.get(block).body
+    # TVM 0.27's buffer loads are tvm.ir.expr.TensorLoad (tirx.BufferLoad is a constructor function).
+    return isinstance(body, tirx.BufferStore) and isinstance(body.value, tvm.ir.expr.TensorLoad)
 
 
 def compute_padding_per_row(sch, block, rows) -> None:
     """Pad (or pack) the input rows one output row needs inside the ``rows`` loop: a few rows stay in
     cache, where padding the whole input first writes and re-reads a full copy of the activation."""
     for producer in sch.get_producers(block):
-        if not sch.get(producer).name_hint.startswith(("pad", PACK_BLOCK)):
-            continue
-        # A dilated kernel (ASPP: dilation 12-18) needs dozens of input rows per output row: padding
-        # them again for every row would cost more than padding the input once.
-        trial = sch.copy()  # random variables (blocks, loops) stay valid in a copy
-        trial.compute_at(producer, rows)
-        rows_per_row = int(trial.get(trial.get_loops(producer)[1]).extent)
-        if rows_per_row > _MAX_PADDED_ROWS_PER_ROW:
-            continue
-        sch.compute_at(producer, rows)
-        innermost = sch.get_loops(producer)[-1]
-        extent = int(sch.get(innermost).extent)
-        if extent > _WIDTH_TILES[0] and extent % _WIDTH_TILES[0] == 0:
-            innermost = sch.split(innermost, [None, _WIDTH_TILES[0]])[1]
-        sch.vectorize(innermost)
+        if sch.get(producer).name_hint.startswith(("pad", PACK_BLOCK)):
+            _compute_padding_at(sch, producer, rows)
+
+
+def _compute_padding_at(sch, producer, loop) -> None:
+    """compute_at ``producer`` (a padding block) under ``loop``, unless that recomputes too many rows."""
+    # A dilated kernel (ASPP: dilation 12-18) needs dozens of input rows per output row: padding
+    # them again for every row would cost more than padding the input once.
+    trial = sch.copy()  # random variables (blocks, loops) stay valid in a copy
+    trial.compute_at(producer, loop)
+    rows_per_row = int(trial.get(trial.get_loops(producer)[1]).extent)
+    if rows_per_row > _MAX_PADDED_ROWS_PER_ROW:
+        return
+    sch.compute_at(producer, loop)
+    innermost = sch.get_loops(producer)[-1]
+    extent = int(sch.get(innermost).extent)
+    if extent > _WIDTH_TILES[0] and extent % _WIDTH_TILES[0] == 0:
+        innermost = sch.split(innermost, [None, _WIDTH_TILES[0]])[1]
+    sch.vectorize(innermost)
 
 
 def _parallel_vector(sch, name: str) -> None:
@@ -250,6 +280,11 @@ def _parallel_vector(sch, name: str) -> None:
         sch.parallel(loops[0])
     if loops:
         _vectorize_inner(sch, loops[-1])
+
+
+def vectorize_loop(sch, loop) -> None:
+    """Vectorize ``loop`` in chunks of a vector's width (a whole long loop would be one huge vector)."""
+    _vectorize_inner(sch, loop)
 
 
 def _vectorize_inner(sch, loop) -> None:

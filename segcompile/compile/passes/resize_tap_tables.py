@@ -23,6 +23,7 @@ from segcompile.compile.passes.integer_kernels import resize_source_coordinates
 
 # Block name of the kernel (cpu_schedules.py gives it its schedule).
 RESIZE_BLOCK = "tap_resize"
+COLUMNS_BLOCK = "tap_resize_cols"
 # Relax's kOpaque: nothing fuses into the kernel (a fused transpose would turn its row loads into gathers).
 _OPAQUE = 8
 _MODES = ("half_pixel", "pytorch_half_pixel", "align_corners", "asymmetric")
@@ -42,15 +43,21 @@ def axis_taps(out_size: int, in_size: int, mode: str) -> tuple[np.ndarray, np.nd
 
 
 def tap_resize_kernel(in_shape: tuple[int, ...], out_hw: tuple[int, int], layout: str, dtype: str):
-    """The kernel ``(data, rows0, rows1, row_weight, cols0, cols1, col_weight) -> resized``."""
+    """The kernel ``(data, rows0, rows1, row_weight, cols0, cols1, col_weight) -> resized``.
+
+    Separable: every input row is first resized along the width (block ``tap_resize_cols``), then each
+    output row is a lerp of two of those rows. The second pass reads whole rows (vector loads); only the
+    first, on ``in_h / out_h`` of the data, gathers columns in NCHW.
+    """
     from tvm import te, tirx
 
     def shape(*dims: int) -> list:
         return [tirx.IntImm("int64", d) for d in dims]
 
-    n, c, h, w = (in_shape[0], in_shape[1], in_shape[2], in_shape[3]) if layout == "NCHW" else (
-        in_shape[0], in_shape[3], in_shape[1], in_shape[2]
-    )
+    if layout == "NCHW":
+        n, c, h, _ = in_shape
+    else:
+        n, h, _, c = in_shape
     out_h, out_w = out_hw
     data = te.placeholder(shape(*in_shape), dtype, "data")
     rows = [te.placeholder(shape(out_h), "int32", name) for name in ("rows0", "rows1")]
@@ -58,24 +65,51 @@ def tap_resize_kernel(in_shape: tuple[int, ...], out_hw: tuple[int, int], layout
     cols = [te.placeholder(shape(out_w), "int32", name) for name in ("cols0", "cols1")]
     col_weight = te.placeholder(shape(out_w), "float32", "col_weight")
 
-    def load(b, ch, y, x):
-        return data[b, ch, y, x] if layout == "NCHW" else data[b, y, x, ch]
-
-    def value(b, ch, y, x):
-        def lerp(a, z, t):
-            return a + (z - a) * t
-
-        top, bottom = (
-            lerp(load(b, ch, r[y], cols[0][x]), load(b, ch, r[y], cols[1][x]), col_weight[x]) for r in rows
-        )
-        return lerp(top, bottom, row_weight[y])
+    def lerp(a, z, t):
+        return a + (z - a) * t
 
     if layout == "NCHW":
-        out = te.compute(shape(n, c, out_h, out_w), lambda b, ch, y, x: value(b, ch, y, x), name=RESIZE_BLOCK)
+        widened = te.compute(
+            shape(n, c, h, out_w),
+            lambda b, ch, y, x: lerp(data[b, ch, y, cols[0][x]], data[b, ch, y, cols[1][x]], col_weight[x]),
+            name=f"{COLUMNS_BLOCK}_nchw",
+        )
+        out = te.compute(
+            shape(n, c, out_h, out_w),
+            lambda b, ch, y, x: lerp(
+                widened[b, ch, rows[0][y], x], widened[b, ch, rows[1][y], x], row_weight[y]
+            ),
+            name=RESIZE_BLOCK,
+        )
     else:
-        out = te.compute(shape(n, out_h, out_w, c), lambda b, y, x, ch: value(b, ch, y, x), name=RESIZE_BLOCK)
+        widened = te.compute(
+            shape(n, h, out_w, c),
+            lambda b, y, x, ch: lerp(data[b, y, cols[0][x], ch], data[b, y, cols[1][x], ch], col_weight[x]),
+            name=f"{COLUMNS_BLOCK}_nhwc",
+        )
+        out = te.compute(
+            shape(n, out_h, out_w, c),
+            lambda b, y, x, ch: lerp(
+                widened[b, rows[0][y], x, ch], widened[b, rows[1][y], x, ch], row_weight[y]
+            ),
+            name=RESIZE_BLOCK,
+        )
     func = te.create_prim_func([data, *rows, row_weight, *cols, col_weight, out])
     return func.with_attr("op_pattern", _OPAQUE)
+
+
+def schedule_tap_resize(sch, columns_block: str) -> None:
+    """Both passes parallel over their two outer axes and vectorized along the innermost one.
+
+    The width pass stays a full intermediate: its rows are picked by table lookups, which compute_at
+    cannot bound, and it is ``in_h / out_h`` of the output's size.
+    """
+    from segcompile.compile.cpu_schedules import vectorize_loop
+
+    for block in (sch.get_sblock(columns_block), sch.get_sblock(RESIZE_BLOCK)):
+        loops = sch.get_loops(block)
+        sch.parallel(sch.fuse(loops[0], loops[1]))
+        vectorize_loop(sch, loops[-1])
 
 
 @relax.expr_functor.mutator
