@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -84,6 +85,27 @@ def test_interleaved_timing_runs_warmup_then_repeats_and_reports_the_median():
     for s in stats.values():
         assert s.min_ms <= s.median_ms <= s.max_ms
         assert (s.repeats, s.warmup) == (5, 2)
+
+
+def test_multi_thread_timing_takes_turns_in_blocks_after_settling():
+    """Each turn runs the runner untimed for the settling time, then times a block of calls."""
+    order = []
+
+    def runner(name):
+        def run(data):
+            order.append(name)
+            time.sleep(0.001)
+
+        return run
+
+    stats = time_interleaved(
+        {"a": runner("a"), "b": runner("b")}, np.zeros(1), warmup=0, repeats=5, block=2, settle_ms=4
+    )
+    assert {s.repeats for s in stats.values()} == {5}
+    # Three turns each (2 + 2 + 1 timed calls), and a turn starts with >= 3 settling calls of 1 ms.
+    turns = [name for i, name in enumerate(order) if i == 0 or order[i - 1] != name]
+    assert turns == ["a", "b"] * 3
+    assert order.count("a") >= 5 + 3 * 3 and order.count("b") >= 5 + 3 * 3
 
 
 def test_timing_rejects_zero_repeats():

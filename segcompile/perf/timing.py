@@ -39,22 +39,38 @@ def time_interleaved(
     warmup: int = 3,
     repeats: int = 20,
     progress: bool | None = None,
+    block: int = 1,
+    settle_ms: float = 0.0,
 ) -> dict[str, LatencyStats]:
-    """Median latency of each runner on ``data``; the runners take turns within every repeat."""
-    if warmup < 0 or repeats < 1:
-        raise SegcompileError(f"timing: need warmup >= 0 and repeats >= 1, got {warmup} and {repeats}")
+    """Median latency of each runner on ``data``; the runners take turns within every round.
+
+    A round gives each runner ``block`` timed calls, after untimed calls for at least ``settle_ms``
+    (none by default). With several threads per engine, the settling matters: onnxruntime's and TVM's
+    worker threads spin-wait for a few milliseconds after a run, so a runner timed right after the
+    other engine shares the cores with that engine's spinning threads. Settling lets them park first,
+    which is what a user running one engine sees.
+    """
+    if warmup < 0 or repeats < 1 or block < 1 or settle_ms < 0:
+        raise SegcompileError(
+            f"timing: need warmup >= 0, repeats >= 1, block >= 1 and settle_ms >= 0, got {warmup}, "
+            f"{repeats}, {block} and {settle_ms}"
+        )
     for _ in range(warmup):
         for run in runners.values():
             run(data)
     samples: dict[str, list[float]] = {name: [] for name in runners}
-    bar = tqdm(
-        range(repeats), desc="timing", unit="round", disable=None if progress is None else not progress
-    )
+    rounds = -(-repeats // block)
+    bar = tqdm(range(rounds), desc="timing", unit="round", disable=None if progress is None else not progress)
     for _ in bar:
         for name, run in runners.items():
-            start = time.perf_counter()
-            run(data)
-            samples[name].append(time.perf_counter() - start)
+            if settle_ms > 0:
+                until = time.perf_counter() + settle_ms / 1e3
+                while time.perf_counter() < until:
+                    run(data)
+            for _ in range(min(block, repeats - len(samples[name]))):
+                start = time.perf_counter()
+                run(data)
+                samples[name].append(time.perf_counter() - start)
     return {
         name: LatencyStats(
             median_ms=round(1e3 * statistics.median(s), 4),
