@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +24,7 @@ from segcompile.cli import main  # noqa: E402
 from segcompile.compile.targets import resolve_mcpu  # noqa: E402
 from segcompile.errors import SegcompileError  # noqa: E402
 from segcompile.perf.results import check_result, load_results, markdown_table, write_result  # noqa: E402
-from segcompile.perf.timing import time_interleaved  # noqa: E402
+from segcompile.perf.timing import Turns, time_interleaved  # noqa: E402
 
 TARGET = {"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": "x86-64"}
 
@@ -88,24 +87,22 @@ def test_interleaved_timing_runs_warmup_then_repeats_and_reports_the_median():
 
 
 def test_multi_thread_timing_takes_turns_in_blocks_after_settling():
-    """Each turn runs the runner untimed for the settling time, then times a block of calls."""
+    """Each turn pauses, runs the runner untimed a few times, then times a block of calls."""
     order = []
 
     def runner(name):
         def run(data):
             order.append(name)
-            time.sleep(0.001)
 
         return run
 
+    turns = Turns(block=2, pause_s=0.001, settle_calls=3)
     stats = time_interleaved(
-        {"a": runner("a"), "b": runner("b")}, np.zeros(1), warmup=0, repeats=5, block=2, settle_ms=4
+        {"a": runner("a"), "b": runner("b")}, np.zeros(1), warmup=0, repeats=5, turns=turns
     )
     assert {s.repeats for s in stats.values()} == {5}
-    # Three turns each (2 + 2 + 1 timed calls), and a turn starts with >= 3 settling calls of 1 ms.
-    turns = [name for i, name in enumerate(order) if i == 0 or order[i - 1] != name]
-    assert turns == ["a", "b"] * 3
-    assert order.count("a") >= 5 + 3 * 3 and order.count("b") >= 5 + 3 * 3
+    # Three turns each (2 + 2 + 1 timed calls), each opening with 3 settling calls.
+    assert order == (["a"] * 5 + ["b"] * 5) * 2 + ["a"] * 4 + ["b"] * 4
 
 
 def test_timing_rejects_zero_repeats():

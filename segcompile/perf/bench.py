@@ -156,7 +156,15 @@ def measure_threads(
             "repeats": repeats,
             "runners": [asdict(r) for r in runners],
         }
-        env = {**os.environ, "TVM_NUM_THREADS": str(threads), "OMP_NUM_THREADS": str(threads)}
+        # TVM_BIND_THREADS=0: TVM pins the calling thread to a core when its pool starts, and onnxruntime's
+        # work on that same (Python) thread then shares one core with its own workers (2-thread
+        # onnxruntime measured as slow as 1 thread). Unpinned, both run as fast as alone.
+        env = {
+            **os.environ,
+            "TVM_NUM_THREADS": str(threads),
+            "OMP_NUM_THREADS": str(threads),
+            "TVM_BIND_THREADS": "0",
+        }
         proc = subprocess.run(
             [sys.executable, "-m", "segcompile.perf.child"],
             input=json.dumps(request),

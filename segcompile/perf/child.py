@@ -12,11 +12,7 @@ import sys
 import numpy as np
 
 from segcompile.perf.runners import RunnerSpec, make_runner, tvm_threads
-from segcompile.perf.timing import peak_rss_growth, time_interleaved
-
-# Multi-threaded timing: timed calls per turn, and how long a runner runs untimed before them.
-MULTI_THREAD_BLOCK = 5
-MULTI_THREAD_SETTLE_MS = 30.0
+from segcompile.perf.timing import MULTI_THREAD_TURNS, Turns, peak_rss_growth, time_interleaved
 
 
 def measure(request: dict) -> dict:
@@ -37,11 +33,9 @@ def measure(request: dict) -> dict:
 
         (runner, output), growth = peak_rss_growth(load_and_run)
         runners[spec.name], outputs[spec.name], peak[spec.name] = runner, output, growth
-    # One thread: call-by-call turns (no spinning workers to wait for). Several: blocks of calls after a
-    # settling period (see time_interleaved).
-    block, settle_ms = (1, 0.0) if threads == 1 else (MULTI_THREAD_BLOCK, MULTI_THREAD_SETTLE_MS)
+    turns = Turns() if threads == 1 else MULTI_THREAD_TURNS
     latency = time_interleaved(
-        runners, data, request["warmup"], request["repeats"], progress=False, block=block, settle_ms=settle_ms
+        runners, data, request["warmup"], request["repeats"], progress=False, turns=turns
     )
     return {
         "threads": threads,

@@ -33,41 +33,56 @@ class LatencyStats:
         return asdict(self)
 
 
+@dataclass(frozen=True)
+class Turns:
+    """How runners take turns: ``block`` timed calls per turn, after a ``pause_s`` sleep and
+    ``settle_calls`` untimed calls.
+
+    One thread per engine: call by call (the defaults). Several: onnxruntime's and TVM's worker threads
+    spin-wait after a run, and a runner timed right after the other engine shares the cores with those
+    spinning threads (measured: TVM at 2 threads 1.9x slower right after onnxruntime than alone). The
+    pause lets them park; the settling calls wake the runner's own workers; the block is then timed as
+    a user running one engine would see it.
+    """
+
+    block: int = 1
+    pause_s: float = 0.0
+    settle_calls: int = 0
+
+    def __post_init__(self):
+        if self.block < 1 or self.pause_s < 0 or self.settle_calls < 0:
+            raise SegcompileError(f"timing: need block >= 1, pause_s >= 0, settle_calls >= 0, got {self}")
+
+
+# Multi-threaded turns (see Turns): enough pause for spinning workers to park, measured on this machine.
+MULTI_THREAD_TURNS = Turns(block=10, pause_s=0.5, settle_calls=5)
+
+
 def time_interleaved(
     runners: Mapping[str, Callable[[np.ndarray], object]],
     data: np.ndarray,
     warmup: int = 3,
     repeats: int = 20,
     progress: bool | None = None,
-    block: int = 1,
-    settle_ms: float = 0.0,
+    turns: Turns | None = None,
 ) -> dict[str, LatencyStats]:
-    """Median latency of each runner on ``data``; the runners take turns within every round.
-
-    A round gives each runner ``block`` timed calls, after untimed calls for at least ``settle_ms``
-    (none by default). With several threads per engine, the settling matters: onnxruntime's and TVM's
-    worker threads spin-wait for a few milliseconds after a run, so a runner timed right after the
-    other engine shares the cores with that engine's spinning threads. Settling lets them park first,
-    which is what a user running one engine sees.
-    """
-    if warmup < 0 or repeats < 1 or block < 1 or settle_ms < 0:
-        raise SegcompileError(
-            f"timing: need warmup >= 0, repeats >= 1, block >= 1 and settle_ms >= 0, got {warmup}, "
-            f"{repeats}, {block} and {settle_ms}"
-        )
+    """Median latency of each runner on ``data``; the runners take turns (call by call by default)."""
+    turns = turns or Turns()
+    if warmup < 0 or repeats < 1:
+        raise SegcompileError(f"timing: need warmup >= 0 and repeats >= 1, got {warmup} and {repeats}")
     for _ in range(warmup):
         for run in runners.values():
             run(data)
     samples: dict[str, list[float]] = {name: [] for name in runners}
-    rounds = -(-repeats // block)
+    rounds = -(-repeats // turns.block)
     bar = tqdm(range(rounds), desc="timing", unit="round", disable=None if progress is None else not progress)
     for _ in bar:
         for name, run in runners.items():
-            if settle_ms > 0:
-                until = time.perf_counter() + settle_ms / 1e3
-                while time.perf_counter() < until:
-                    run(data)
-            for _ in range(min(block, repeats - len(samples[name]))):
+            if turns.pause_s:
+                time.sleep(turns.pause_s)
+            for _ in range(turns.settle_calls):
+                run(data)
+            for _ in range(min(turns.block, repeats - len(samples[name]))):
                 start = time.perf_counter()
                 run(data)
                 samples[name].append(time.perf_counter() - start)
