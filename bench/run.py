@@ -107,14 +107,16 @@ def notes(results: list[dict], memory: dict | None, tuning: dict) -> str:
         " weights packed at compile time, the requantize chain fused into each register block)."
         " Depthwise convolutions use the channels-last hand schedule (compile/cpu_schedules.py) without"
         " dot products: VNNI sums four neighbouring input channels, a depthwise tap has one.",
-        "- Float: the remaining gap is mostly the last bilinear resize (TVM's resize2d recomputes the source"
-        " coordinates of every output pixel and gathers across channels) and 1x1 convolutions at ~60 GFLOP/s"
-        " (onnxruntime's MLAS kernels get closer to the FMA peak).",
-        "- MetaSchedule tuning needs apache-tvm-ffi==0.1.14.post0 (0.1.15.post2 segfaults saving records);"
-        " on a loaded 2-core machine each candidate build takes tens of seconds, so a minutes-long budget"
-        " tunes only the heaviest few kernels. Tuning runs: " + json.dumps(tuning, sort_keys=True),
-        "- 2-thread numbers are unreliable on a shared 2-core machine: TVM's spinning thread pool suffers"
-        " most when other processes hold a core.",
+        "- Float: bilinear resizes run from precomputed source rows/columns (compile/passes/"
+        "resize_tap_tables.py), separable, the final one in NCHW after transposing its small input."
+        " What is left of the gap: 1x1 convolutions run at ~90-100 GFLOP/s on the 32x32 layers and less"
+        " on the thin, wide ones; depthwise layers at 128x128 and above are bound by memory traffic.",
+        "- MetaSchedule tuning (`segcompile tune`, needs the `tune` extra) is not used for these numbers:"
+        " on a loaded 2-core machine each candidate build takes tens of seconds. Tuning runs: "
+        + json.dumps(tuning, sort_keys=True),
+        "- Threads: with 2, each engine's turn starts after a pause (worker threads that spin-wait after a"
+        " run park first) and TVM's threads are not pinned to cores (pinned, the calling thread shared a"
+        " core with onnxruntime's workers); the shared machine still makes 2-thread numbers noisier.",
     ]
     if memory and "runs" in memory:
         peaks = ", ".join(f"{r['frames']} frames: {r['peak_rss_mib']} MiB" for r in memory["runs"])
