@@ -10,7 +10,8 @@ Where databases live: ``$SEGCOMPILE_TUNING_CACHE`` if set, else ``~/.cache/segco
 per :class:`TuningKey`, named by profile, model hash, shape and a digest of the whole key.
 
 Tuning itself needs apache-tvm-ffi 0.1.14.post0 (0.1.15.post2 segfaults in ``ToJSONGraph`` while saving
-records, see FIELD-NOTES) plus psutil, cloudpickle and xgboost; applying a finished database needs neither.
+records, see FIELD-NOTES; the base dependencies pin it, tensorize needs it too) plus psutil, cloudpickle and
+xgboost (the ``tune`` extra); applying a finished database needs neither.
 """
 
 from __future__ import annotations
