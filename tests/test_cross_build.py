@@ -317,6 +317,21 @@ def test_a_finished_compile_is_current_until_an_input_or_a_file_changes(tda4vm_b
 
 
 @pytest.mark.slow
+def test_a_compile_for_another_cpu_is_not_current_here(tda4vm_build, qdq_path, tmp_path):
+    """A copied build whose ARM core was built for another CPU (what mcpu: native resolves to on another
+    machine) is rebuilt, though the profile's bytes are the same."""
+    from segcompile.compile.stage import compile_is_current
+
+    copy = tmp_path / "other_cpu"
+    shutil.copytree(tda4vm_build, copy)
+    summary = json.loads((copy / "compile.json").read_text())
+    core = next(c for c in summary["cores"] if c["kind"] == "arm")
+    core["target"] = {**core["target"], "mcpu": "cortex-a53"}
+    (copy / "compile.json").write_text(json.dumps(summary))
+    assert not compile_is_current(CompileConfig(), qdq_path, "tda4vm", copy)
+
+
+@pytest.mark.slow
 def test_a_dsp_board_whose_dsp_takes_nothing_of_the_model_runs_it_all_on_arm(minimal_qdq_path, tmp_path):
     text = Path(load_profile("am62a").source).read_text()
     start = text.index("accelerator_ops:")

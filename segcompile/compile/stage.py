@@ -35,6 +35,7 @@ from segcompile.compile.dsp_partition import (
     subgraph_module,
 )
 from segcompile.compile.profiles import TargetProfile, load_profile
+from segcompile.compile.targets import target_dict
 from segcompile.errors import SegcompileError
 
 COMPILE_JSON = "compile.json"
@@ -259,6 +260,12 @@ def compile_is_current(
         return False
     if summary.get("segcompile_version") != __version__:
         return False
+    # A profile with mcpu: native means this machine's CPU: a build from a machine with another CPU
+    # (a copied folder) is not current here even though the profile's bytes are the same.
+    built_targets = {core.get("name"): core.get("target") for core in summary.get("cores", [])}
+    for core in profile.cores:
+        if core.kind in ("arm", "host") and built_targets.get(core.name) != target_dict(core):
+            return False
     entries = [summary["host_reference"]] if "host_reference" in summary else []
     for core in summary.get("cores", []):
         entries += [core["library"]] if "library" in core else []

@@ -50,7 +50,7 @@ def target_dict(core: CoreSpec) -> dict[str, Any]:
 def resolve_mcpu(mcpu: str | None) -> str | None:
     """``native`` -> the build machine's CPU as LLVM names it (e.g. ``znver4``); other names unchanged.
 
-    The name, not ``native``, goes into the target, the manifest and the tuning key, so a build says
+    The name, not ``native``, goes into the target, compile.json and the tuning key, so a build says
     which CPU its code needs and a tuning database is never applied to a different CPU.
     """
     if mcpu != NATIVE_CPU:
