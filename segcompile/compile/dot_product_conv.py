@@ -209,8 +209,7 @@ def rewrite_int8_convolutions():
     import tvm
     from tvm import relax
 
-    conv_op = tvm.ir.Op.get("relax.nn.conv2d")
-    permute_op = tvm.ir.Op.get("relax.permute_dims")
+    from segcompile.compile.passes.relax_exprs import constant_through_permutes, is_call
 
     @relax.expr_functor.mutator
     class _Rewriter(relax.PyExprMutator):
@@ -218,23 +217,9 @@ def rewrite_int8_convolutions():
             super().__init__(mod)
             self.kernels: dict[ConvGeometry, object] = {}
 
-        def constant_weight(self, expr) -> np.ndarray | None:
-            """The weight as numpy (in the conv's kernel layout), through the ``permute_dims`` that
-            ConvertLayout put on a constant."""
-            if isinstance(expr, relax.Var):
-                bound = self.lookup_binding(expr)
-                expr = bound if bound is not None else expr
-            if isinstance(expr, tvm.ir.GenericConst):
-                return expr.value.numpy()
-            if isinstance(expr, relax.Call) and expr.op == permute_op:
-                inner = self.constant_weight(expr.args[0])
-                if inner is not None and expr.attrs.axes is not None:
-                    return np.transpose(inner, [int(a) for a in expr.attrs.axes])
-            return None
-
         def visit_call_(self, call):
             call = super().visit_call_(call)
-            if call.op != conv_op:
+            if not is_call(call, "relax.nn.conv2d"):
                 return call
             attrs = call.attrs
             data_info = call.args[0].ty
@@ -247,7 +232,7 @@ def rewrite_int8_convolutions():
                 or str(data_info.dtype) not in ("int8", "uint8")
             ):
                 return call
-            weight = self.constant_weight(call.args[1])
+            weight = constant_through_permutes(call.args[1], self.lookup_binding)
             if weight is None or weight.dtype != np.int8:
                 return call
             layout = str(attrs.kernel_layout)

@@ -12,9 +12,7 @@ import numpy as np
 import tvm
 from tvm import relax
 
-
-def _is_call(expr, name: str) -> bool:
-    return isinstance(expr, relax.Call) and isinstance(expr.op, tvm.ir.Op) and expr.op.name == name
+from segcompile.compile.passes.relax_exprs import constant_through_permutes, is_call
 
 
 @relax.expr_functor.mutator
@@ -23,27 +21,14 @@ class _ChannelPadder(relax.PyExprMutator):
         super().__init__(mod)
         self.multiple = multiple
 
-    def constant(self, expr) -> np.ndarray | None:
-        """``expr`` as numpy if it is a constant or a permute_dims of one (what ConvertLayout leaves)."""
-        if isinstance(expr, relax.Var):
-            bound = self.lookup_binding(expr)
-            expr = bound if bound is not None else expr
-        if isinstance(expr, tvm.ir.GenericConst):
-            return expr.value.numpy()
-        if _is_call(expr, "relax.permute_dims") and expr.attrs.axes is not None:
-            inner = self.constant(expr.args[0])
-            if inner is not None:
-                return np.transpose(inner, [int(a) for a in expr.attrs.axes])
-        return None
-
     def visit_call_(self, call):
         call = super().visit_call_(call)
-        if not _is_call(call, "relax.nn.conv2d"):
+        if not is_call(call, "relax.nn.conv2d"):
             return call
         attrs = call.attrs
         if attrs.data_layout != "NHWC" or attrs.out_layout != "NHWC" or int(attrs.groups) != 1:
             return call
-        weight = self.constant(call.args[1])
+        weight = constant_through_permutes(call.args[1], self.lookup_binding)
         if weight is None:
             return call
         out_axis = str(attrs.kernel_layout).index("O")

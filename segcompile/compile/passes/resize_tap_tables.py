@@ -20,6 +20,7 @@ import tvm
 from tvm import relax
 
 from segcompile.compile.passes.integer_kernels import resize_source_coordinates
+from segcompile.compile.passes.relax_exprs import is_call
 
 # Block name of the kernel (cpu_schedules.py gives it its schedule).
 RESIZE_BLOCK = "tap_resize"
@@ -28,10 +29,6 @@ COLUMNS_BLOCK = "tap_resize_cols"
 _OPAQUE = 8
 _MODES = ("half_pixel", "pytorch_half_pixel", "align_corners", "asymmetric")
 _TO_NCHW = [0, 3, 1, 2]
-
-
-def _is_call(expr, name: str) -> bool:
-    return isinstance(expr, relax.Call) and isinstance(expr.op, tvm.ir.Op) and expr.op.name == name
 
 
 def axis_taps(out_size: int, in_size: int, mode: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -124,7 +121,7 @@ class _ResizeRewriter(relax.PyExprMutator):
         attrs = call.attrs
         info = call.args[0].ty
         return (
-            _is_call(call, "relax.image.resize2d")
+            is_call(call, "relax.image.resize2d")
             and str(attrs.method) == "linear"
             and str(attrs.coordinate_transformation_mode) in _MODES
             and str(attrs.layout) in ("NCHW", "NHWC")
@@ -153,7 +150,7 @@ class _ResizeRewriter(relax.PyExprMutator):
     def visit_call_(self, call):
         original = call
         call = super().visit_call_(call)
-        if _is_call(call, "relax.permute_dims") and [int(a) for a in call.attrs.axes or []] == _TO_NCHW:
+        if is_call(call, "relax.permute_dims") and [int(a) for a in call.attrs.axes or []] == _TO_NCHW:
             # permute_dims(resize_nhwc(x)) -> resize_nchw(permute_dims(x)): transpose before upsampling.
             resize = self.bindings.get(original.args[0])
             if (
