@@ -109,8 +109,9 @@ def notes(results: list[dict], memory: dict | None, tuning: dict) -> str:
         " dot products: VNNI sums four neighbouring input channels, a depthwise tap has one.",
         "- Float: bilinear resizes run from precomputed source rows/columns (compile/passes/"
         "resize_tap_tables.py), separable, the final one in NCHW after transposing its small input."
-        " What is left of the gap: 1x1 convolutions run at ~90-100 GFLOP/s on the 32x32 layers and less"
-        " on the thin, wide ones; depthwise layers at 128x128 and above are bound by memory traffic.",
+        " What is left of the gap at 512x512: 1x1 convolutions (~64 of ~100 ms, ~100 GFLOP/s on the"
+        " 32x32 layers already), depthwise layers at 128x128 and above (~22 ms, bound by memory traffic)"
+        " and the final resize (~6 ms).",
         "- MetaSchedule tuning (`segcompile tune`, needs the `tune` extra) is not used for these numbers:"
         " on a loaded 2-core machine each candidate build takes tens of seconds. Tuning runs: "
         + json.dumps(tuning, sort_keys=True),
