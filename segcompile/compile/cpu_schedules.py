@@ -24,6 +24,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from segcompile.compile.depthwise_pointwise import (
+    ACTIVATION_BLOCK,
+    POINTWISE_BLOCK,
+    schedule_depthwise_pointwise,
+)
 from segcompile.compile.dot_product_conv import CONV_BLOCK, PACK_BLOCK, schedule_dot_product_conv
 from segcompile.compile.passes.resize_tap_tables import COLUMNS_BLOCK, schedule_tap_resize
 
@@ -59,7 +64,7 @@ def schedule_kernel(func):
         if (
             name in outputs
             or _is_reduction(sch, block)
-            or name.startswith(("pad", PACK_BLOCK, COLUMNS_BLOCK))
+            or name.startswith(("pad", PACK_BLOCK, COLUMNS_BLOCK, ACTIVATION_BLOCK))
         ):
             continue
         sch = _attempt(sch, lambda s, n=name: s.compute_inline(s.get_sblock(n)))
@@ -72,6 +77,12 @@ def schedule_kernel(func):
         # A VNNI convolution (dot_product_conv.py) has a schedule of its own; it must apply (tensorize
         # cannot be half-done), so a failure here is an error, not a fallback.
         schedule_dot_product_conv(sch, dot_convs[0], next(iter(outputs)))
+        return sch.mod["main"].with_attr(SCHEDULED_ATTR, True)
+    pointwise = [name for name in _block_names(sch) if name.startswith(POINTWISE_BLOCK)]
+    if len(pointwise) == 1 and len(outputs) == 1:
+        # A depthwise + 1x1 kernel (depthwise_pointwise.py): scheduled as a whole, or not at all (its
+        # blocks tiled one by one would lose what fusing them was for), so a failure is an error.
+        schedule_depthwise_pointwise(sch, pointwise[0])
         return sch.mod["main"].with_attr(SCHEDULED_ATTR, True)
     for name in _block_names(sch):
         if name in outputs and _is_reduction(sch, sch.get_sblock(name)):
@@ -151,7 +162,7 @@ def _tile_reduction(sch, name: str) -> None:
         raise ValueError(f"{name}: already transformed")
     spatial, reduce = split
     if len(spatial) == 4 and reduce and "nhwc" in name:
-        _tile_channels_last(sch, name, spatial, reduce)
+        tile_channels_last(sch, name)
     elif len(spatial) == 4 and reduce:
         # NCHW conv/pool: n, channel, height, width -> n, c_o, h, w_o | reduce | c_i (unrolled), w_i (vector)
         batch, channel, height, width = spatial
@@ -187,14 +198,17 @@ def _tile_reduction(sch, name: str) -> None:
         raise ValueError(f"{name}: no spatial loops to parallelize")
 
 
-def _tile_channels_last(sch, name: str, spatial: list, reduce: list) -> None:
+def tile_channels_last(sch, name: str) -> None:
     """NHWC conv (HWIO weights): output channels are the vector lanes (the weights of one tap and input
     channel are contiguous over them), a row segment of pixels x a few vectors of channels is the
     register block, and the fused epilogue (bias, activation, requantize) runs on each block while it is
     still in cache. n, h (parallel) | w_o, c_oo | taps, input channels | w_i (unrolled), c_oi (unrolled),
-    c_v (vector). (Depthwise layers at high resolution are bound by memory traffic, not by this order.)
+    c_v (vector). The block ``name`` must be untransformed (each loop binding one iteration variable).
     """
-    batch, row, col, channel = spatial
+    split = _loops_by_kind(sch, name)
+    if split is None or len(split[0]) != 4:
+        raise ValueError(f"{name}: not an untransformed n, h, w, c reduction")
+    (batch, row, col, channel), reduce = split
     lanes = _factor(sch, channel, _WIDTH_TILES) or int(sch.get(channel).extent)
     channel_outer, channel_lanes = sch.split(channel, [None, lanes])
     vectors = int(sch.get(channel_outer).extent)
@@ -230,7 +244,7 @@ def _tile_channels_last(sch, name: str, spatial: list, reduce: list) -> None:
         if _is_copy(sch, pad):
             sch.compute_inline(pad)  # a 1x1 convolution's pad_temp pads nothing: read the input itself
         else:
-            _compute_padding_at(sch, pad, rows)
+            compute_padding_at(sch, pad, rows)
     sch.unroll(col_inner)
     sch.unroll(channel_block)
     sch.vectorize(channel_lanes)
@@ -252,10 +266,10 @@ def compute_padding_per_row(sch, block, rows) -> None:
     cache, where padding the whole input first writes and re-reads a full copy of the activation."""
     for producer in sch.get_producers(block):
         if sch.get(producer).name_hint.startswith(("pad", PACK_BLOCK)):
-            _compute_padding_at(sch, producer, rows)
+            compute_padding_at(sch, producer, rows)
 
 
-def _compute_padding_at(sch, producer, loop) -> None:
+def compute_padding_at(sch, producer, loop) -> None:
     """compute_at ``producer`` (a padding block) under ``loop``, unless that recomputes too many rows."""
     # A dilated kernel (ASPP: dilation 12-18) needs dozens of input rows per output row: padding
     # them again for every row would cost more than padding the input once.

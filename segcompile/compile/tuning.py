@@ -169,6 +169,7 @@ def layout_passes(target) -> list:
     """
     from tvm import relax
 
+    from segcompile.compile.depthwise_pointwise import fuse_depthwise_into_pointwise
     from segcompile.compile.dot_product_conv import rewrite_int8_convolutions, supports_vnni
     from segcompile.compile.passes import ClipKernelsToOps, PadConvOutputChannels, ResizeToTapTables
 
@@ -179,7 +180,8 @@ def layout_passes(target) -> list:
     passes = [ClipKernelsToOps(), relax.transform.ConvertLayout(desired), ResizeToTapTables()]
     if supports_vnni(target):
         passes.append(rewrite_int8_convolutions())
-    return [*passes, PadConvOutputChannels(16)]
+    # Fusing after the channel padding: the fused 1x1 then writes whole vectors too.
+    return [*passes, PadConvOutputChannels(16), fuse_depthwise_into_pointwise()]
 
 
 def tuned_pipeline(target, database=None, hand_schedules: bool = True):
@@ -295,9 +297,13 @@ def tune_module(
     tuning_target = tvm.target.Target({**target.export(), "num-cores": os.cpu_count() or 1})
     legal = legalize(mod, tuning_target)
     tasks = ms.relax_integration.extract_tasks(legal, tuning_target)
-    # VNNI convolution kernels keep their hand schedule: MetaSchedule's CPU rules do not know our
-    # dot-product intrinsic and would search among slower scalar schedules.
-    tasks = [task for task in tasks if "dot_product_conv2d" not in task.task_name]
+    # VNNI convolutions and fused depthwise + 1x1 kernels keep their hand schedules: MetaSchedule's CPU
+    # rules know neither our dot-product intrinsic nor two reductions in one kernel.
+    tasks = [
+        task
+        for task in tasks
+        if "dot_product_conv2d" not in task.task_name and "depthwise_pointwise" not in task.task_name
+    ]
     tasks.sort(key=_task_cost, reverse=True)
     if max_tasks is not None:
         tasks = tasks[:max_tasks]

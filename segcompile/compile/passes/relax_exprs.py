@@ -15,9 +15,9 @@ def is_call(expr, name: str) -> bool:
 
 
 def constant_through_permutes(expr, lookup_binding: Callable) -> np.ndarray | None:
-    """``expr`` as numpy if it is a constant, or ``permute_dims`` of one (what ConvertLayout puts on a
-    weight before FoldConstant runs); None otherwise. ``lookup_binding`` resolves dataflow vars (a
-    PyExprMutator's ``lookup_binding``)."""
+    """``expr`` as numpy if it is a constant, or ``permute_dims``/``reshape`` of one (what the importer
+    and ConvertLayout put on weights and biases before FoldConstant runs); None otherwise.
+    ``lookup_binding`` resolves dataflow vars (a PyExprMutator's ``lookup_binding``)."""
     if isinstance(expr, relax.Var):
         bound = lookup_binding(expr)
         expr = bound if bound is not None else expr
@@ -27,4 +27,24 @@ def constant_through_permutes(expr, lookup_binding: Callable) -> np.ndarray | No
         inner = constant_through_permutes(expr.args[0], lookup_binding)
         if inner is not None:
             return np.transpose(inner, [int(a) for a in expr.attrs.axes])
+    if is_call(expr, "relax.reshape") and isinstance(expr.ty, relax.TensorType) and expr.ty.shape is not None:
+        inner = constant_through_permutes(expr.args[0], lookup_binding)
+        if inner is not None:
+            return inner.reshape([int(d) for d in expr.ty.shape])
     return None
+
+
+def use_counts(func) -> dict:
+    """How often each variable of the Relax function ``func`` is read (bindings, outputs, tuples)."""
+    counts: dict = {}
+
+    @relax.expr_functor.visitor
+    class _Counter(relax.PyExprVisitor):
+        def visit_var_(self, var):
+            counts[var] = counts.get(var, 0) + 1
+
+        def visit_dataflow_var_(self, var):
+            counts[var] = counts.get(var, 0) + 1
+
+    _Counter().visit_expr(func)
+    return counts
