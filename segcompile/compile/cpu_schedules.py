@@ -10,6 +10,8 @@ costs minutes per kernel, so every kernel the tuning database does not cover get
   vectors of output channels accumulates in a local buffer, the fused epilogue follows each block, the
   padding of the rows a row of output needs is computed inside that row's (parallel) loop;
 - VNNI dot-product convolutions: dot_product_conv.schedule_dot_product_conv;
+- depthwise + 1x1 kernels: depthwise_pointwise.schedule_depthwise_pointwise (the 1x1 tiled as above,
+  the depthwise values of each pixel tile computed inside it);
 - NCHW reductions (aarch64/armv7 conv2d, depthwise conv, pooling): tile the output channels (unrolled,
   register blocking) and the output width (vectorized: NEON), reduction loops in between, the outer
   spatial loops fused and run in parallel;

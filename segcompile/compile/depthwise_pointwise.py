@@ -263,13 +263,13 @@ def schedule_depthwise_pointwise(sch, pointwise_name: str) -> None:
     pixel tiles | output-channel vectors | input channels | register block). Under each pixel tile, the
     depthwise values of those pixels are computed first, all channels, one vector of channels at a time
     in registers (taps | pixels unrolled | channel lanes), activated and kept in a small buffer that the
-    1x1's input-channel loop reads. The padded input rows one output row needs are made per row.
+    1x1's input-channel loop reads. The input is read in place, its padding checked per tap and pixel.
     """
-    from segcompile.compile.cpu_schedules import compute_padding_at, tile_channels_last, vectorize_loop
+    from segcompile.compile.cpu_schedules import tile_channels_last, vectorize_loop
 
     pointwise = sch.get_sblock(pointwise_name)
     tile_channels_last(sch, pointwise_name)
-    rows, pixel_tiles = sch.get_loops(pointwise)[:2]
+    pixel_tiles = sch.get_loops(pointwise)[1]
 
     activation = _block_starting_with(sch, ACTIVATION_BLOCK)
     sch.compute_at(activation, pixel_tiles)
@@ -290,7 +290,11 @@ def schedule_depthwise_pointwise(sch, pointwise_name: str) -> None:
     sch.unroll(pixels)
     vectorize_loop(sch, channel_lanes)
 
-    compute_padding_at(sch, _block_starting_with(sch, PAD_BLOCK), rows)
+    # The padding is read in place (a bounds check per tap and pixel, none per lane) rather than copied
+    # row by row first: measured on MobileNetV2 + DeepLabV3Lite 512x512 (Zen 4, interleaved with
+    # onnxruntime), 0.98x vs 1.03x with per-row copies; dilated ASPP layers would copy 2 * dilation + 1
+    # rows per output row.
+    sch.compute_inline(_block_starting_with(sch, PAD_BLOCK))
 
 
 def _block_starting_with(sch, prefix: str):
