@@ -42,9 +42,9 @@ def axis_taps(out_size: int, in_size: int, mode: str) -> tuple[np.ndarray, np.nd
 def tap_resize_kernel(in_shape: tuple[int, ...], out_hw: tuple[int, int], layout: str, dtype: str):
     """The kernel ``(data, rows0, rows1, row_weight, cols0, cols1, col_weight) -> resized``.
 
-    Separable: every input row is first resized along the width (block ``tap_resize_cols``), then each
-    output row is a lerp of two of those rows. The second pass reads whole rows (vector loads); only the
-    first, on ``in_h / out_h`` of the data, gathers columns in NCHW.
+    NCHW is separable: every input row is first resized along the width (block ``tap_resize_cols``), then
+    each output row is a lerp of two of those rows. The second pass reads whole rows (vector loads); only
+    the first, on ``in_h / out_h`` of the data, gathers columns. NHWC reads its four taps directly.
     """
     from tvm import te, tirx
 
@@ -79,15 +79,14 @@ def tap_resize_kernel(in_shape: tuple[int, ...], out_hw: tuple[int, int], layout
             name=RESIZE_BLOCK,
         )
     else:
-        widened = te.compute(
-            shape(n, h, out_w, c),
-            lambda b, y, x, ch: lerp(data[b, y, cols[0][x], ch], data[b, y, cols[1][x], ch], col_weight[x]),
-            name=f"{COLUMNS_BLOCK}_nhwc",
-        )
+        # Channels-last: the four taps of an output pixel are whole vectors of channels, read from an
+        # input small enough to stay in cache, so one pass (no widened intermediate) is the fastest.
         out = te.compute(
             shape(n, out_h, out_w, c),
             lambda b, y, x, ch: lerp(
-                widened[b, rows[0][y], x, ch], widened[b, rows[1][y], x, ch], row_weight[y]
+                lerp(data[b, rows[0][y], cols[0][x], ch], data[b, rows[0][y], cols[1][x], ch], col_weight[x]),
+                lerp(data[b, rows[1][y], cols[0][x], ch], data[b, rows[1][y], cols[1][x], ch], col_weight[x]),
+                row_weight[y],
             ),
             name=RESIZE_BLOCK,
         )
