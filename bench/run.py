@@ -107,11 +107,14 @@ def notes(results: list[dict], memory: dict | None, tuning: dict) -> str:
         " weights packed at compile time, the requantize chain fused into each register block)."
         " Depthwise convolutions use the channels-last hand schedule (compile/cpu_schedules.py) without"
         " dot products: VNNI sums four neighbouring input channels, a depthwise tap has one.",
-        "- Float: bilinear resizes run from precomputed source rows/columns (compile/passes/"
-        "resize_tap_tables.py), separable, the final one in NCHW after transposing its small input."
-        " What is left of the gap at 512x512: 1x1 convolutions (~64 of ~100 ms, ~100 GFLOP/s on the"
-        " 32x32 layers already), depthwise layers at 128x128 and above (~22 ms, bound by memory traffic)"
-        " and the final resize (~6 ms).",
+        "- Float: each depthwise convolution runs inside the 1x1 convolution after it (compile/"
+        "depthwise_pointwise.py): the depthwise values of a tile of pixels are computed where the 1x1"
+        " needs them, so the expanded MobileNetV2 activations are never written and read back. Bilinear"
+        " resizes run from precomputed source rows/columns (compile/passes/resize_tap_tables.py), the"
+        " final one in NCHW after transposing its small input. What is left at 512x512, per kernel"
+        " against onnxruntime's own profile: 1x1 convolutions are level (~100 GFLOP/s on the 32x32"
+        " layers), the expand convolutions with few input channels at 128x128 and the decoder's upsample"
+        " + concat are slower by ~1-2 ms in all; the float ratio sits within run-to-run noise of 1.",
         "- MetaSchedule tuning (`segcompile tune`, needs the `tune` extra) is not used for these numbers:"
         " on a loaded 2-core machine each candidate build takes tens of seconds. Tuning runs: "
         + json.dumps(tuning, sort_keys=True),
