@@ -131,6 +131,26 @@ def test_bench_compares_outputs_of_the_same_input(bench_result):
     assert agreement["tvm_int8"]["argmax_agreement"] > 0.9
 
 
+def test_tvm_runner_returns_outputs_that_later_calls_leave_alone(tiny, tmp_path):
+    """The runner hands out the VM's output without copying it (as onnxruntime does): each call's array
+    must stay what that call computed."""
+    import tvm
+    from tvm.relax.frontend.onnx import from_onnx
+
+    from segcompile.perf.runners import TvmRunner
+
+    model = onnx.load(str(tiny / "float.onnx"))
+    mod = from_onnx(model, shape_dict={model.graph.input[0].name: list(INPUT_SHAPE)})
+    tvm.compile(mod, target=tvm.target.Target(TARGET)).export_library(str(tmp_path / "float.so"))
+    runner = TvmRunner(tmp_path / "float.so")
+    first = runner(_input(1))
+    kept = first.copy()
+    second = runner(_input(2))
+    assert np.array_equal(first, kept)
+    assert not np.array_equal(first, second)
+    assert np.array_equal(runner(_input(1)), kept)
+
+
 def test_result_written_and_read_back_into_a_markdown_table(bench_result, tmp_path):
     path = write_result(bench_result, tmp_path)
     assert path.name == "tiny_head__host.json"
