@@ -105,6 +105,30 @@ def test_multi_thread_timing_takes_turns_in_blocks_after_settling():
     assert order == (["a"] * 5 + ["b"] * 5) * 2 + ["a"] * 4 + ["b"] * 4
 
 
+def test_timing_keeps_each_runners_previous_result_while_it_computes_the_next():
+    """Like an application's frame loop: the last output is still referenced during the next call."""
+    import weakref
+
+    class Output:
+        pass
+
+    previous: dict[str, weakref.ref] = {}
+    alive_during_call: list[bool] = []
+
+    def runner(name):
+        def run(_data):
+            if name in previous:
+                alive_during_call.append(previous[name]() is not None)
+            out = Output()
+            previous[name] = weakref.ref(out)
+            return out
+
+        return run
+
+    time_interleaved({"a": runner("a"), "b": runner("b")}, np.zeros(3), warmup=1, repeats=4)
+    assert len(alive_during_call) == 2 * 4 and all(alive_during_call)
+
+
 def test_timing_rejects_zero_repeats():
     with pytest.raises(SegcompileError, match="repeats"):
         time_interleaved({"a": lambda d: d}, np.zeros(1), warmup=0, repeats=0)
