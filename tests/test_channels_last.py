@@ -202,3 +202,49 @@ def test_final_resize_transposes_its_small_input_instead_of_its_large_output():
     assert f"(1, {out_h}, {out_w}, 5)" not in text
     data = np.random.default_rng(6).standard_normal(SHAPE).astype(np.float32)
     np.testing.assert_allclose(_run(rewritten, data), _onnxruntime(model, data), rtol=1e-5, atol=1e-4)
+
+
+def _resize_concat_model(shortcut_channels: int) -> onnx.ModelProto:
+    """DeepLabV3Lite's decoder: Conv -> Resize(x2) concatenated with a full-resolution Conv -> Conv."""
+    rng = np.random.default_rng(9)
+
+    def weight(*shape: int):
+        return rng.standard_normal(shape).astype(np.float32)
+
+    inits = [
+        numpy_helper.from_array(weight(32, SHAPE[1], 2, 2), "w1"),
+        numpy_helper.from_array(weight(shortcut_channels, SHAPE[1], 1, 1), "ws"),
+        numpy_helper.from_array(weight(5, 32 + shortcut_channels, 1, 1), "w2"),
+        numpy_helper.from_array(np.array([1, 32, SHAPE[2], SHAPE[3]], np.int64), "size"),
+    ]
+    nodes = [
+        helper.make_node("Conv", ["x", "w1"], ["c1"], strides=[2, 2]),
+        helper.make_node("Resize", ["c1", "", "", "size"], ["up"], mode="linear"),
+        helper.make_node("Conv", ["x", "ws"], ["short"]),
+        helper.make_node("Concat", ["up", "short"], ["cat"], axis=1),
+        helper.make_node("Conv", ["cat", "w2"], ["y"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "resize_concat",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(SHAPE))],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 5, SHAPE[2], SHAPE[3]])],
+        inits,
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+
+
+@pytest.mark.parametrize(("shortcut_channels", "fused"), [(16, True), (12, False)])
+def test_resize_writes_into_the_concat_after_it_when_parts_are_whole_vectors(shortcut_channels, fused):
+    from tvm import relax
+
+    from segcompile.compile.passes import ClipKernelsToOps, ResizeToTapTables
+
+    model = _resize_concat_model(shortcut_channels)
+    channels_last = tvm_sequential(
+        [ClipKernelsToOps(), relax.transform.ConvertLayout({"relax.nn.conv2d": ["NHWC", "HWIO"]})]
+    )(_import(model))
+    rewritten = ResizeToTapTables()(channels_last)
+    assert _calls(rewritten, "relax.concat") == (0 if fused else 1)
+    data = np.random.default_rng(10).standard_normal(SHAPE).astype(np.float32)
+    np.testing.assert_allclose(_run(rewritten, data), _onnxruntime(model, data), rtol=1e-5, atol=1e-4)

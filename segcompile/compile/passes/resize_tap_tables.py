@@ -10,7 +10,9 @@ lerps per output.
 
 The layout is chosen for the loads: a resize feeding the NCHW graph output (``permute_dims`` of an NHWC
 resize, what ConvertLayout leaves at the exit) is turned around so that it transposes the small input and
-resizes in NCHW, where a row of the output reads one or two rows of the input.
+resizes in NCHW, where a row of the output reads one or two rows of the input. A channels-last resize
+concatenated with other tensors (DeepLabV3Lite's decoder: upsampled ASPP features + the shortcut) writes the
+concatenated output itself: at 512x512 that saves writing and re-reading a 128x128x256 float tensor.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import tvm
 from tvm import relax
 
 from segcompile.compile.passes.integer_kernels import resize_source_coordinates
-from segcompile.compile.passes.relax_exprs import is_call
+from segcompile.compile.passes.relax_exprs import is_call, use_counts
 
 # Block name of the kernel (cpu_schedules.py gives it its schedule).
 RESIZE_BLOCK = "tap_resize"
@@ -29,6 +31,8 @@ COLUMNS_BLOCK = "tap_resize_cols"
 _OPAQUE = 8
 _MODES = ("half_pixel", "pytorch_half_pixel", "align_corners", "asymmetric")
 _TO_NCHW = [0, 3, 1, 2]
+# A concatenated part must be a whole number of AVX-512 float vectors (see tap_resize_kernel).
+_VECTOR_CHANNELS = 16
 
 
 def axis_taps(out_size: int, in_size: int, mode: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -39,8 +43,17 @@ def axis_taps(out_size: int, in_size: int, mode: str) -> tuple[np.ndarray, np.nd
     return first.astype(np.int32), second.astype(np.int32), (source - first).astype(np.float32)
 
 
-def tap_resize_kernel(in_shape: tuple[int, ...], out_hw: tuple[int, int], layout: str, dtype: str):
-    """The kernel ``(data, rows0, rows1, row_weight, cols0, cols1, col_weight) -> resized``.
+def tap_resize_kernel(
+    in_shape: tuple[int, ...],
+    out_hw: tuple[int, int],
+    layout: str,
+    dtype: str,
+    appended_channels: tuple[int, ...] = (),
+):
+    """The kernel ``(data, rows0, rows1, row_weight, cols0, cols1, col_weight, *appended) -> resized``.
+
+    ``appended_channels`` (NHWC only): tensors of the output's height and width concatenated after the
+    resized channels, ``concat([resize(x), *appended], axis=channels)`` in one pass over the output.
 
     NCHW is separable: every input row is first resized along the width (block ``tap_resize_cols``), then
     each output row is a lerp of two of those rows. The second pass reads whole rows (vector loads); only
@@ -81,15 +94,29 @@ def tap_resize_kernel(in_shape: tuple[int, ...], out_hw: tuple[int, int], layout
     else:
         # Channels-last: the four taps of an output pixel are whole vectors of channels, read from an
         # input small enough to stay in cache, so one pass (no widened intermediate) is the fastest.
-        out = te.compute(
-            shape(n, out_h, out_w, c),
-            lambda b, y, x, ch: lerp(
+        appended = [
+            te.placeholder(shape(n, out_h, out_w, extra), dtype, f"appended{i}")
+            for i, extra in enumerate(appended_channels)
+        ]
+
+        def resized_or_appended(b, y, x, ch):
+            value = lerp(
                 lerp(data[b, rows[0][y], cols[0][x], ch], data[b, rows[0][y], cols[1][x], ch], col_weight[x]),
                 lerp(data[b, rows[1][y], cols[0][x], ch], data[b, rows[1][y], cols[1][x], ch], col_weight[x]),
                 row_weight[y],
-            ),
-            name=RESIZE_BLOCK,
-        )
+            )
+            # Channel ranges as nested selects; with every range a whole number of vectors, TVM's
+            # simplifier reduces each condition to one per vector (no per-lane select).
+            start = c
+            for tensor, extra in zip(appended, appended_channels, strict=True):
+                value = tirx.if_then_else(ch < start, value, tensor[b, y, x, ch - start])
+                start += extra
+            return value
+
+        out_c = c + sum(appended_channels)
+        out = te.compute(shape(n, out_h, out_w, out_c), resized_or_appended, name=RESIZE_BLOCK)
+        func = te.create_prim_func([data, *rows, row_weight, *cols, col_weight, *appended, out])
+        return func.with_attr("op_pattern", _OPAQUE)
     func = te.create_prim_func([data, *rows, row_weight, *cols, col_weight, out])
     return func.with_attr("op_pattern", _OPAQUE)
 
@@ -130,21 +157,47 @@ class _ResizeRewriter(relax.PyExprMutator):
             and all(isinstance(d, tvm.tirx.IntImm) for d in call.ty.shape.values)
         )
 
-    def emit_resize(self, data, layout: str, out_hw: tuple[int, int], mode: str):
+    def emit_resize(self, data, layout: str, out_hw: tuple[int, int], mode: str, appended=()):
         in_shape = tuple(int(d) for d in data.ty.shape.values)
         in_h, in_w = (in_shape[2], in_shape[3]) if layout == "NCHW" else (in_shape[1], in_shape[2])
-        key = (in_shape, out_hw, layout)
+        appended_channels = tuple(int(t.ty.shape[3]) for t in appended)
+        key = (in_shape, out_hw, layout, appended_channels)
         if key not in self.kernels:
             name = f"tap_resize_{len(self.kernels)}"
             # Private (no global_symbol): dead-code elimination drops a kernel whose call was turned around.
-            kernel = tap_resize_kernel(in_shape, out_hw, layout, "float32").without_attr("global_symbol")
-            self.kernels[key] = self.builder_.add_func(kernel, name)
+            kernel = tap_resize_kernel(in_shape, out_hw, layout, "float32", appended_channels)
+            self.kernels[key] = self.builder_.add_func(kernel.without_attr("global_symbol"), name)
         rows = axis_taps(out_hw[0], in_h, mode)
         cols = axis_taps(out_hw[1], in_w, mode)
-        n, c = in_shape[0], in_shape[1] if layout == "NCHW" else in_shape[3]
+        n, c = in_shape[0], in_shape[1] if layout == "NCHW" else in_shape[3] + sum(appended_channels)
         out_shape = (n, c, *out_hw) if layout == "NCHW" else (n, *out_hw, c)
         tables = [relax.const(t) for t in (*rows, *cols)]
-        return relax.call_tir(self.kernels[key], [data, *tables], relax.TensorType(out_shape, "float32"))
+        return relax.call_tir(
+            self.kernels[key], [data, *tables, *appended], relax.TensorType(out_shape, "float32")
+        )
+
+    def concatenated_resize(self, original):
+        """(resize, appended tensors) if ``original`` is ``concat([resize_nhwc(x), *others], axis=3)``, the
+        resize used only there and every part a whole number of vectors of channels; else None."""
+        if not is_call(original, "relax.concat") or not isinstance(original.args[0], relax.Tuple):
+            return None
+        parts = list(original.args[0].fields)
+        resize = self.bindings.get(parts[0])
+        if (
+            len(parts) < 2
+            or int(original.attrs.axis) not in (3, -1)
+            or resize is None
+            or self.uses.get(parts[0], 0) != 1
+            or not self.supported(resize)
+            or str(resize.attrs.layout) != "NHWC"
+        ):
+            return None
+        channels = [int(p.ty.shape[3]) for p in parts if len(p.ty.shape) == 4]
+        if len(channels) != len(parts) or any(ch % _VECTOR_CHANNELS for ch in channels):
+            return None
+        if any(str(p.ty.dtype) != "float32" for p in parts[1:]):
+            return None
+        return resize, [self.visit_expr(p) for p in parts[1:]]
 
     def visit_call_(self, call):
         original = call
@@ -161,6 +214,14 @@ class _ResizeRewriter(relax.PyExprMutator):
                 small = self.builder_.emit(relax.op.permute_dims(self.visit_expr(resize.args[0]), _TO_NCHW))
                 return self.emit_resize(small, "NCHW", _out_hw(resize), _mode(resize))
             return call
+        fused = self.concatenated_resize(original)
+        if fused is not None:
+            # concat([resize(x), y], channels): the resize writes its channels straight into the
+            # concatenated output and copies the others, instead of a full-size resize output copied again.
+            resize, appended = fused
+            return self.emit_resize(
+                self.visit_expr(resize.args[0]), "NHWC", _out_hw(resize), _mode(resize), appended
+            )
         if self.supported(call):
             return self.emit_resize(call.args[0], str(call.attrs.layout), _out_hw(call), _mode(call))
         return call
@@ -178,21 +239,8 @@ def _mode(resize) -> str:
 def _bindings_and_uses(func: relax.Function) -> tuple[dict, dict]:
     """Each dataflow var's bound value, and how many expressions use it (the unused resize of a
     turned-around pair is dropped by dead-code elimination; a second use keeps it, correct either way)."""
-    bindings: dict = {}
-    uses: dict = {}
-    for block in func.body.blocks:
-        for binding in block.bindings:
-            bindings[binding.var] = binding.value
-            if isinstance(binding.value, relax.Call):
-                operands = list(binding.value.args)
-            elif isinstance(binding.value, relax.Tuple):
-                operands = list(binding.value.fields)
-            else:
-                operands = [binding.value]
-            for operand in operands:
-                uses[operand] = uses.get(operand, 0) + 1
-    uses[func.body.body] = uses.get(func.body.body, 0) + 1
-    return bindings, uses
+    bindings = {binding.var: binding.value for block in func.body.blocks for binding in block.bindings}
+    return bindings, use_counts(func)
 
 
 def ResizeToTapTables() -> tvm.transform.Pass:  # noqa: N802 (a pass, named like TVM's)
