@@ -110,11 +110,16 @@ def notes(results: list[dict], memory: dict | None, tuning: dict) -> str:
         "- Float: each depthwise convolution runs inside the 1x1 convolution after it (compile/"
         "depthwise_pointwise.py): the depthwise values of a tile of pixels are computed where the 1x1"
         " needs them, so the expanded MobileNetV2 activations are never written and read back. Bilinear"
-        " resizes run from precomputed source rows/columns (compile/passes/resize_tap_tables.py), the"
-        " final one in NCHW after transposing its small input. What is left at 512x512, per kernel"
-        " against onnxruntime's own profile: 1x1 convolutions are level (~100 GFLOP/s on the 32x32"
-        " layers), the expand convolutions with few input channels at 128x128 and the decoder's upsample"
-        " + concat are slower by ~1-2 ms in all; the float ratio sits within run-to-run noise of 1.",
+        " resizes run from precomputed source rows/columns (compile/passes/resize_tap_tables.py); the"
+        " decoder's upsample writes straight into the concat after it, the final one runs in NCHW after"
+        " transposing its small input. 1x1 convolutions with few input channels (MobileNetV2's expands)"
+        " block 3 vectors of outputs per register block. Per kernel, against onnxruntime's own profile,"
+        " the 1x1 convolutions are level (~100 GFLOP/s on the 32x32 layers); the margin at 512x512 comes"
+        " from the fused blocks and the resizes. Next: fusing the expand 1x1 into the block as well.",
+        "- The timing loop keeps each engine's previous result alive during its next call (an"
+        " application's frame loop): dropped at once, TVM's large outputs were handed back to the OS and"
+        " page-faulted in again on the next call (onnxruntime reuses its own arena). The TVM runner hands"
+        " its output to numpy without a copy, as onnxruntime's run does.",
         "- MetaSchedule tuning (`segcompile tune`, needs the `tune` extra) is not used for these numbers:"
         " on a loaded 2-core machine each candidate build takes tens of seconds. Tuning runs: "
         + json.dumps(tuning, sort_keys=True),
@@ -138,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--models", nargs="+", choices=sorted(MODELS), default=sorted(MODELS))
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
-    parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--frames", type=int, default=8, help="calibration frames")
     parser.add_argument(
