@@ -22,6 +22,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from segcompile.compile.conv_shapes import conv_output_hw
+
 # Block names of the kernel; the fused kernel keeps them as prefixes (FuseTIR may add a suffix).
 PAD_BLOCK = "pad_depthwise"  # "pad" first: cpu_schedules keeps padding blocks out of its inlining
 DEPTHWISE_BLOCK = "separable_depthwise"
@@ -49,10 +51,7 @@ class SeparableGeometry:
     @property
     def depthwise_shape(self) -> tuple[int, int, int, int]:
         n, h, w, c = self.data_shape
-        (kh, kw), (sh, sw), (dh, dw) = self.kernel, self.strides, self.dilation
-        top, left, bottom, right = self.padding
-        out_h = (h + top + bottom - dh * (kh - 1) - 1) // sh + 1
-        out_w = (w + left + right - dw * (kw - 1) - 1) // sw + 1
+        out_h, out_w = conv_output_hw((h, w), self.kernel, self.strides, self.padding, self.dilation)
         return n, out_h, out_w, c
 
     @property

@@ -25,6 +25,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from segcompile.compile.conv_shapes import conv_output_hw
+
 # Block names of the kernel; the fused kernel keeps them as prefixes (FuseTIR may add a suffix).
 PACK_BLOCK = "dot_pack"
 CONV_BLOCK = "dot_conv"
@@ -120,10 +122,7 @@ class ConvGeometry:
     @property
     def out_shape(self) -> tuple[int, int, int, int]:
         n, h, w, _ = self.data_shape
-        (kh, kw), (sh, sw), (dh, dw) = self.kernel, self.strides, self.dilation
-        top, left, bottom, right = self.padding
-        out_h = (h + top + bottom - dh * (kh - 1) - 1) // sh + 1
-        out_w = (w + left + right - dw * (kw - 1) - 1) // sw + 1
+        out_h, out_w = conv_output_hw((h, w), self.kernel, self.strides, self.padding, self.dilation)
         return n, out_h, out_w, self.out_channels
 
     @property
