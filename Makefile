@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -e '.[dev,render,distributed]'
+	$(BIN)/pip install --quiet -e '.[dev,render,distributed,tune]'
 	touch $(STAMP)
 
 # Cross compilers and an aarch64 Python under qemu-user, to build for and run on the boards' ARM cores.

@@ -1,7 +1,7 @@
 """`make bench`: TVM against onnxruntime on the demo model and MobileNetV2+DeepLabV3Lite at 512x512 (issue 6).
 
-For each model: export + quantize (stage times, calibration frames/s), optionally a MetaSchedule tuning run
-with a modest budget (only where the tuning pin is installed), then the benchmark -- TVM float/int8 vs
+For each model: export + quantize (stage times, calibration frames/s), optionally (``--tune-budget``) a
+MetaSchedule tuning run of the int8 module, then the benchmark -- TVM float/int8 vs
 onnxruntime float/QDQ, interleaved in one process per thread count. Writes
 ``bench/results/<model>__host.json`` and ``bench/results/README.md`` (the tables plus where the goal stands
 and what limits it). Calibration peak memory vs frame count comes from ``bench/calibration_memory.py``
@@ -120,9 +120,13 @@ def notes(results: list[dict], memory: dict | None, tuning: dict) -> str:
         " application's frame loop): dropped at once, TVM's large outputs were handed back to the OS and"
         " page-faulted in again on the next call (onnxruntime reuses its own arena). The TVM runner hands"
         " its output to numpy without a copy, as onnxruntime's run does.",
-        "- MetaSchedule tuning (`segcompile tune`, needs the `tune` extra) is not used for these numbers:"
-        " on a loaded 2-core machine each candidate build takes tens of seconds. Tuning runs: "
-        + json.dumps(tuning, sort_keys=True),
+        "- MetaSchedule tuning (`segcompile tune`, the `tune` extra) is "
+        + (
+            "not used for these numbers (`--tune-budget` runs it first): on a loaded 2-core machine a"
+            " useful budget is tens of minutes per model."
+            if not tuning
+            else "run first here: " + json.dumps(tuning, sort_keys=True)
+        ),
         "- Threads: with 2, each engine's turn starts after a pause (worker threads that spin-wait after a"
         " run park first) and TVM's threads are not pinned to cores (pinned, the calling thread shared a"
         " core with onnxruntime's workers); the shared machine still makes 2-thread numbers noisier.",
@@ -147,7 +151,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--frames", type=int, default=8, help="calibration frames")
     parser.add_argument(
-        "--tune-budget", type=float, default=120.0, help="seconds of tuning per model (0: none)"
+        "--tune-budget",
+        type=float,
+        default=0.0,
+        help="seconds of MetaSchedule tuning of the int8 module first (default 0: hand schedules alone)",
     )
     parser.add_argument("--tune-trials", type=int, default=16)
     parser.add_argument(

@@ -308,9 +308,7 @@ def test_tune_command_explains_the_missing_pin_or_runs(tiny, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(
-    not _tuning_available(), reason="needs apache-tvm-ffi==0.1.14.post0 psutil cloudpickle xgboost"
-)
+@pytest.mark.skipif(not _tuning_available(), reason="needs apache-tvm-ffi==0.1.14.post0 and the tune extra")
 def test_tuned_database_is_cached_found_and_reused(int8_module, tiny, tmp_path):
     import tvm
 

@@ -11,7 +11,7 @@ per :class:`TuningKey`, named by profile, model hash, shape and a digest of the 
 
 Tuning itself needs apache-tvm-ffi 0.1.14.post0 (0.1.15.post2 segfaults in ``ToJSONGraph`` while saving
 records, see FIELD-NOTES; the base dependencies pin it, tensorize needs it too) plus psutil, cloudpickle and
-xgboost (the ``tune`` extra); applying a finished database needs neither.
+xgboost (the ``tune`` extra, which ``make`` installs); applying a finished database needs neither.
 """
 
 from __future__ import annotations
@@ -254,7 +254,8 @@ def check_tuning_available() -> None:
         raise SegcompileError(
             "segcompile tune: "
             + "; ".join(problems)
-            + " -- pip install apache-tvm-ffi==0.1.14.post0 psutil cloudpickle xgboost"
+            + " -- pip install apache-tvm-ffi==0.1.14.post0 psutil cloudpickle xgboost-cpu"
+            + " (the `tune` extra: pip install -e '.[tune]')"
         )
 
 
