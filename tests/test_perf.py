@@ -299,50 +299,38 @@ def _tuning_available() -> bool:
     return True
 
 
-def test_tune_command_explains_the_missing_pin_or_runs(tiny, tmp_path):
-    if _tuning_available():
-        pytest.skip("tuning packages installed: covered by the real tuning test below")
+def test_tune_command_names_a_missing_tuning_module_and_how_to_install_it(tiny, tmp_path, monkeypatch):
+    from segcompile.compile import tuning
+
+    # A module no environment has stands for one the tune extra would install.
+    monkeypatch.setattr(tuning, "TUNING_PACKAGES", (*tuning.TUNING_PACKAGES, "segcompile_no_such_module"))
     result = CliRunner().invoke(main, ["tune", str(tiny), "--tuning-cache", str(tmp_path)])
     assert result.exit_code != 0
-    assert "apache-tvm-ffi==0.1.14.post0" in result.output
+    assert "missing packages segcompile_no_such_module" in result.output
+    assert "apache-tvm-ffi==0.1.14.post0" in result.output and ".[tune]" in result.output
+    assert not any(tmp_path.iterdir())  # nothing tuned, no half-made database
 
 
 @pytest.mark.slow
 @pytest.mark.skipif(not _tuning_available(), reason="needs apache-tvm-ffi==0.1.14.post0 and the tune extra")
 def test_tuned_database_is_cached_found_and_reused(int8_module, tiny, tmp_path):
+    """`segcompile tune` tunes the heaviest kernel into the cache; a second run finds it there; a build
+    with the database computes exactly what the default build computes."""
     import tvm
 
-    from segcompile.artifacts import sha256_file
-    from segcompile.compile.tuning import TuningKey, compile_tuned, find_database, input_shape_of, tune_module
+    from segcompile.compile.tuning import KEY_FILE, compile_tuned, open_database
 
-    target = tvm.target.Target(TARGET)
-    key = TuningKey("host", sha256_file(tiny / "int8.qdq.onnx"), input_shape_of(int8_module), TARGET)
-    first = tune_module(
-        int8_module,
-        target,
-        key,
-        budget_seconds=600,
-        trials_per_task=2,
-        max_tasks=1,
-        root=tmp_path,
-        progress=False,
-    )
-    assert first.tuned == 1
-    database = find_database(key, tmp_path)
-    assert database is not None
-    # A second run finds the kernel in the database and does not tune it again.
-    second = tune_module(
-        int8_module,
-        target,
-        key,
-        budget_seconds=600,
-        trials_per_task=2,
-        max_tasks=1,
-        root=tmp_path,
-        progress=False,
-    )
-    assert second.tuned == 0 and second.tasks[0].skipped
-    tuned = compile_tuned(int8_module, target, database)
+    command = ["tune", str(tiny), "--tuning-cache", str(tmp_path), "--mcpu", "x86-64"]
+    command += ["--budget", "600", "--trials", "2", "--max-kernels", "1"]
+    first = CliRunner().invoke(main, command)
+    assert first.exit_code == 0, first.output
+    assert "int8: 1 kernel(s) tuned" in first.output
+    second = CliRunner().invoke(main, command)
+    assert second.exit_code == 0, second.output
+    assert "int8: 0 kernel(s) tuned" in second.output  # found in the database, not tuned again
+    (folder,) = [p for p in tmp_path.iterdir() if (p / KEY_FILE).is_file()]
+    target = tvm.target.Target(json.loads((folder / KEY_FILE).read_text())["target"])
+    tuned = compile_tuned(int8_module, target, open_database(folder))
     untuned = compile_tuned(int8_module, target, None, hand_schedules=False)
     assert np.array_equal(_run(tuned, _input()), _run(untuned, _input()))
 
